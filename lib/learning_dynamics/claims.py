@@ -1,0 +1,149 @@
+"""Claims: a paper's statement, checked against our own numbers.
+
+A :class:`Claim` holds what the paper (or the closed form) says, what we
+measured, the tolerance, and whether it passed. The constructors below are
+the only ways to make one, so every claim is a real comparison that can
+fail. :func:`report` prints the rounded table that nbval compares, glues it
+for the book's scorecard, and raises :class:`ClaimFailed` if a claim fails.
+
+A result known not to reproduce is declared with ``known_discrepancy=...``:
+the table shows it as "does not reproduce" with the reason, and it becomes
+an error if it starts to pass (like a strict xfail), so the book never keeps
+a stale excuse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+class ClaimFailed(AssertionError):
+    """Raised by :func:`report` when a claim fails or a known discrepancy passes."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    statement: str
+    paper: str
+    ours: float
+    tolerance: str
+    passed: bool
+    figure: str = ""
+    known_discrepancy: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.known_discrepancy:
+            return "unexpectedly passes" if self.passed else "does not reproduce"
+        return "pass" if self.passed else "FAIL"
+
+    @property
+    def ok(self) -> bool:
+        return self.passed != bool(self.known_discrepancy)
+
+
+def _finite(name: str, value) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"claim {name!r}: measured value is not finite ({value})")
+    return value
+
+
+def close(statement, ours, expected, *, rtol=None, atol=None, figure="", known_discrepancy="") -> Claim:
+    """|ours - expected| <= atol + rtol |expected|."""
+    if rtol is None and atol is None:
+        raise ValueError("close() needs rtol or atol")
+    ours = _finite(statement, ours)
+    expected = float(expected)
+    bound = (atol or 0.0) + (rtol or 0.0) * abs(expected)
+    parts = [f"rel {rtol:g}" if rtol else "", f"abs {atol:g}" if atol else ""]
+    return Claim(statement, _fmt(expected), ours, " + ".join(p for p in parts if p),
+                 abs(ours - expected) <= bound, figure, known_discrepancy)
+
+
+def below(statement, ours, bound, *, paper=None, figure="", known_discrepancy="") -> Claim:
+    """ours < bound (an error, a drift, a distance)."""
+    ours = _finite(statement, ours)
+    return Claim(statement, paper or f"< {_fmt(bound)}", ours, f"< {_fmt(bound)}",
+                 ours < bound, figure, known_discrepancy)
+
+
+def above(statement, ours, bound, *, paper=None, figure="", known_discrepancy="") -> Claim:
+    """ours > bound."""
+    ours = _finite(statement, ours)
+    return Claim(statement, paper or f"> {_fmt(bound)}", ours, f"> {_fmt(bound)}",
+                 ours > bound, figure, known_discrepancy)
+
+
+def fraction(statement, flags, *, paper="all", need=1.0, figure="", known_discrepancy="") -> Claim:
+    """The fraction of True in ``flags`` is at least ``need`` (1.0 = every case)."""
+    flags = np.asarray(flags, dtype=bool)
+    if flags.size == 0:
+        raise ValueError(f"claim {statement!r}: no cases to check")
+    share = float(flags.mean())
+    return Claim(statement, paper, share, f">= {need:g} of {flags.size}", share >= need, figure, known_discrepancy)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def rounded(x: float, digits: int = 3) -> str:
+    """Significant-figure rounding, so that reruns print the same text."""
+    if x == 0 or not math.isfinite(x):
+        return str(x)
+    return f"{x:.{digits}g}"
+
+
+def table_markdown(claims: list[Claim]) -> str:
+    """A Markdown table: statement, paper, ours, tolerance, status."""
+    lines = ["| claim | paper / theory | ours | tolerance | status |", "|---|---|---|---|---|"]
+    for c in claims:
+        status = c.status if not c.known_discrepancy else f"{c.status}: {c.known_discrepancy}"
+        lines.append(f"| {c.statement} | {c.paper} | {rounded(c.ours)} | {c.tolerance} | {status} |")
+    return "\n".join(lines)
+
+
+def table_text(claims: list[Claim]) -> str:
+    """Plain-text table with rounded numbers (what nbval compares)."""
+    rows = [(c.statement, c.paper, rounded(c.ours), c.tolerance, c.status) for c in claims]
+    head = ("claim", "paper / theory", "ours", "tolerance", "status")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
+
+def to_records(claims: list[Claim]) -> list[dict]:
+    """JSON-ready dicts (with ``status`` and ``ours`` rounded for stable files)."""
+    out = []
+    for c in claims:
+        record = asdict(c)
+        record["ours"] = float(rounded(c.ours, 6)) if math.isfinite(c.ours) else c.ours
+        record["status"] = c.status
+        out.append(record)
+    return out
+
+
+GLUE_NAME = "claims"
+
+
+def report(claims: list[Claim], chapter: str) -> None:
+    """Show the rounded table, glue it for the scorecard, and raise if a claim is not as declared."""
+    from IPython.display import Markdown, display
+
+    if not claims:
+        raise ValueError("report() needs at least one claim")
+    display(Markdown(table_markdown(claims)))
+    try:
+        from myst_nb import glue
+
+        glue(GLUE_NAME, json.dumps({"chapter": chapter, "claims": to_records(claims)}), display=False)
+    except ImportError:  # plain Jupyter without myst-nb: the table above is enough
+        pass
+    bad = [c for c in claims if not c.ok]
+    if bad:
+        raise ClaimFailed("; ".join(f"{c.statement}: {c.status} (ours {rounded(c.ours)}, {c.tolerance})" for c in bad))

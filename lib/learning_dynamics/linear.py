@@ -1,0 +1,341 @@
+"""Two-layer and deep linear networks: closed-form mode dynamics and kernels.
+
+The workhorse is :func:`product_growth`. Take one mode of a two-layer
+linear model (or the scalar toy of the grokking section, or the
+one-hidden-layer network of Xu & Ziyin): the sum of the two layers grows
+by a factor g(t) and their difference shrinks by 1/g(t). With h = g^2
+and a product u = P h - M / h, gradient flow gives the Riccati equation
+
+    dh/dt = 2 r h (s - u) = 2 r (s h - P h^2 + M),
+
+which has the exact solution used below. The sigmoid of a small balanced
+start (M = 0), the exponential of the lazy limit (|C| >> s) and the
+growth factor gamma_+ of the grokking toy (h at t = infinity) are all
+special cases, so they share one implementation.
+
+Everything is float64 numpy and broadcasts over its arguments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .train import train
+from .validation import check_array, check_int, check_positive
+
+# ---------------------------------------------------------------------------
+# One mode: the exact solution of the two-layer product dynamics
+# ---------------------------------------------------------------------------
+
+
+def plus_minus_from_product(u0, imbalance):
+    """(P, M) with P - M = u0 and 16 P M = C^2, for product u0 and C = a0^2 - b0^2."""
+    u0 = np.asarray(u0, dtype=np.float64)
+    c = np.asarray(imbalance, dtype=np.float64)
+    root = np.sqrt(u0**2 + c**2 / 4.0)
+    plus = (u0 + root) / 2.0
+    return plus, plus - u0
+
+
+def growth_fixed_point(plus, minus, target):
+    """h(inf) = g(inf)^2: the positive root of P h^2 - s h - M = 0."""
+    plus, minus, target = (np.asarray(a, dtype=np.float64) for a in (plus, minus, target))
+    if np.any(plus <= 0):
+        raise ValueError("plus must be > 0 (the product needs a component that can grow)")
+    return (target + np.sqrt(target**2 + 4.0 * plus * minus)) / (2.0 * plus)
+
+
+def product_growth(t, plus, minus, target, rate=1.0):
+    """h(t) = g(t)^2 for dh/dt = 2 rate (s h - P h^2 + M), h(0) = 1.
+
+    The product is u(t) = P h - M / h; the sum of the layers scales with
+    sqrt(h) and their difference with 1/sqrt(h).
+    """
+    t = np.asarray(t, dtype=np.float64)
+    plus, minus, target, rate = (np.asarray(a, dtype=np.float64) for a in (plus, minus, target, rate))
+    if np.any(minus < 0):
+        raise ValueError("minus must be >= 0 (it is a squared norm)")
+    if np.any(t < 0):
+        raise ValueError("t must be >= 0")
+    h_plus = growth_fixed_point(plus, minus, target)
+    h_minus = -minus / (plus * h_plus)  # product of the roots is -M/P
+    ratio = (1.0 - h_plus) / (1.0 - h_minus)
+    q = ratio * np.exp(-2.0 * rate * plus * (h_plus - h_minus) * t)
+    return (h_plus - h_minus * q) / (1.0 - q)
+
+
+def mode_product(t, target, u0, imbalance=0.0, rate=1.0):
+    """u(t) of one two-layer mode: du/dt = rate sqrt(C^2 + 4u^2) (s - u).
+
+    ``imbalance`` is C = a0^2 - b0^2 (lambda for matrices); C = 0 is the
+    balanced sigmoid, |C| >> s the lazy exponential.
+    """
+    u0 = np.asarray(u0, dtype=np.float64)
+    c = np.asarray(imbalance, dtype=np.float64)
+    if np.any((c == 0) & (u0 <= 0)):
+        raise ValueError("u0 must be > 0 when imbalance = 0 (a balanced mode at u0 <= 0 never grows)")
+    plus, minus = plus_minus_from_product(u0, c)
+    h = product_growth(t, plus, minus, target, rate)
+    return plus * h - minus / h
+
+
+def sigmoid_mode(t, target, u0, rate=1.0):
+    """Balanced small start: u/s = 1 / (1 + (s/u0 - 1) exp(-2 s rate t)) (Saxe et al. 2014)."""
+    t, target, u0, rate = (np.asarray(a, dtype=np.float64) for a in (t, target, u0, rate))
+    return target / (1.0 + (target / u0 - 1.0) * np.exp(-2.0 * target * rate * t))
+
+
+def sigmoid_half_time(target, u0, rate=1.0):
+    """Time at which a balanced mode reaches half its target: ln(s/u0 - 1) / (2 s rate)."""
+    target, u0, rate = (np.asarray(a, dtype=np.float64) for a in (target, u0, rate))
+    return np.log(target / u0 - 1.0) / (2.0 * target * rate)
+
+
+def linear_model(t, target, rate=1.0, theta0=0.0):
+    """A linear (one-layer) parameter: theta(t) = s - (s - theta0) exp(-rate t)."""
+    t, target, rate, theta0 = (np.asarray(a, dtype=np.float64) for a in (t, target, rate, theta0))
+    return target - (target - theta0) * np.exp(-rate * t)
+
+
+def linear_half_time(rate=1.0):
+    """Half time of a linear parameter from zero: ln 2 / rate (no delay)."""
+    return np.log(2.0) / np.asarray(rate, dtype=np.float64)
+
+
+def gamma_plus(sigma0, s0, target):
+    """Growth factor of every (a_i + b_i)^2 in the width-Z toy (Nam et al. 2025, Sec. 7).
+
+    gamma_+ = (S + sqrt(Sigma0^2 - S0^2 + S^2)) / (Sigma0 + S0), with
+    Sigma0 = sum(a^2 + b^2) / 2Z and S0 = sum(a b) / Z. It is h(inf) of
+    :func:`product_growth` with P = (Sigma0 + S0)/2, M = (Sigma0 - S0)/2.
+    """
+    sigma0, s0 = np.asarray(sigma0, dtype=np.float64), np.asarray(s0, dtype=np.float64)
+    if np.any(np.abs(s0) > sigma0):
+        raise ValueError("|S0| must be <= Sigma0 (by Cauchy-Schwarz)")
+    return growth_fixed_point((sigma0 + s0) / 2.0, (sigma0 - s0) / 2.0, target)
+
+
+# ---------------------------------------------------------------------------
+# Matrices: conserved quantities, lambda-balanced init, NTK and kernel distance
+# ---------------------------------------------------------------------------
+
+
+def conserved_matrix(w1, w2):
+    """W2^T W2 - W1 W1^T, conserved by gradient flow on any loss of W2 W1 (batched)."""
+    return w2.transpose(-1, -2) @ w2 - w1 @ w1.transpose(-1, -2)
+
+
+def lambda_balanced_init(lam, product_singular_values, u, vt, r):
+    """W1 = R S1 V^T, W2 = U S2 R^T with S2^2 - S1^2 = lambda and S1 S2 = product singular values.
+
+    Square case (in = hidden = out), batched over leading dimensions of the
+    arguments. Then W2^T W2 - W1 W1^T = lambda I exactly.
+    """
+    lam = torch.as_tensor(lam, dtype=u.dtype)[..., None]
+    s = torch.as_tensor(product_singular_values, dtype=u.dtype)
+    root = torch.sqrt(lam**2 + 4 * s**2)
+    s2 = torch.sqrt((root + lam) / 2)
+    s1 = torch.sqrt((root - lam) / 2)
+    w1 = r @ torch.diag_embed(s1) @ vt
+    w2 = u @ torch.diag_embed(s2) @ r.transpose(-1, -2)
+    return w1, w2
+
+
+def ntk_from_grams(w1tw1, w2w2t, x):
+    """NTK of f(x) = W2 W1 x from W1^T W1 and W2 W2^T: I (x) X^T W1^T W1 X + W2 W2^T (x) X^T X.
+
+    Batched over leading dimensions of the grams; ``x`` is (in x N). Returns
+    (..., out N, out N).
+    """
+    gram1 = x.transpose(-1, -2) @ w1tw1 @ x
+    gram0 = (x.transpose(-1, -2) @ x).expand(gram1.shape)
+    eye = torch.eye(w2w2t.shape[-1], dtype=x.dtype, device=x.device).expand(w2w2t.shape)
+    return _kron(eye, gram1) + _kron(w2w2t, gram0)
+
+
+def ntk_two_layer(w1, w2, x):
+    """NTK of f(x) = W2 W1 x on inputs X, batched over the weights' leading dimensions."""
+    return ntk_from_grams(w1.transpose(-1, -2) @ w1, w2 @ w2.transpose(-1, -2), x)
+
+
+def kernel_distance(k0, k1):
+    """1 - <K0, K1>_F / (|K0|_F |K1|_F), batched (works for torch and numpy)."""
+    inner = (k0 * k1).sum(axis=(-1, -2))
+    norm0 = (k0 * k0).sum(axis=(-1, -2)) ** 0.5
+    norm1 = (k1 * k1).sum(axis=(-1, -2)) ** 0.5
+    return 1.0 - inner / (norm0 * norm1)
+
+
+def _kron(a, b):
+    """Batched Kronecker product of (..., m, n) and (..., p, q)."""
+    *batch, m, n = a.shape
+    p, q = b.shape[-2:]
+    return (a[..., :, None, :, None] * b[..., None, :, None, :]).reshape(*batch, m * p, n * q)
+
+
+def aligned_layer_grams(t, lam, target_svals, u0, u, v):
+    """W1^T W1 and W2 W2^T in closed form for a lambda-balanced init aligned with the target.
+
+    Mode i starts at product ``u0[i]`` and follows :func:`mode_product` with
+    imbalance lambda towards ``target_svals[i]``; the layer singular values
+    follow from S2^2 - S1^2 = lambda and S1 S2 = u_i(t), so
+    W1^T W1 = V diag(S1^2) V^T and W2 W2^T = U diag(S2^2) U^T, where U and V
+    are the target's singular vectors. ``t`` and ``lam`` broadcast; the
+    result has shape broadcast(t, lam) + (d, d).
+    """
+    t, lam = np.broadcast_arrays(np.asarray(t, dtype=np.float64), np.asarray(lam, dtype=np.float64))
+    prod = mode_product(t[..., None], target_svals, u0, lam[..., None])
+    root = np.sqrt(lam[..., None] ** 2 + 4 * prod**2)
+    s1_sq, s2_sq = (root - lam[..., None]) / 2, (root + lam[..., None]) / 2
+    w1tw1 = np.einsum("ik,...k,jk->...ij", v, s1_sq, v)
+    w2w2t = np.einsum("ik,...k,jk->...ij", u, s2_sq, u)
+    return w1tw1, w2w2t
+
+
+def whiten(x):
+    """Centre and whiten columns-as-samples data X (d x N) so that X X^T / N = I."""
+    x = check_array("x", x, ndim=2)
+    d, n = x.shape
+    check_int("number of samples", n, low=d + 1)
+    x = x - x.mean(axis=1, keepdims=True)
+    cov = x @ x.T / n
+    evals, evecs = np.linalg.eigh(cov)
+    return evecs @ np.diag(evals**-0.5) @ evecs.T @ x
+
+
+# ---------------------------------------------------------------------------
+# Simulations: losses for ONE network, trained in batches through `train`
+# ---------------------------------------------------------------------------
+
+
+def diagonal_loss(params, x, y):
+    """Layerwise diagonal model f = sum_k a_k b_k x_k, loss 1/2 mean (f - y)^2."""
+    return 0.5 * ((x @ (params["a"] * params["b"]) - y) ** 2).mean()
+
+
+def linear_loss(params, x, y):
+    """Linear model f = sum_k theta_k x_k, loss 1/2 mean (f - y)^2."""
+    return 0.5 * ((x @ params["theta"] - y) ** 2).mean()
+
+
+def matrix_loss(params, x, y):
+    """Two-layer linear network f = W2 W1 x on columns of X, loss 1/(2N) |W2 W1 X - Y|_F^2."""
+    residual = params["w2"] @ params["w1"] @ x - y
+    return 0.5 * (residual**2).sum() / x.shape[-1]
+
+
+def width_toy_loss(params, target):
+    """Scalar toy f = (1/Z) sum_i a_i b_i with E[x^2] = 1: loss 1/2 (f - S)^2."""
+    return 0.5 * ((params["a"] * params["b"]).mean() - target) ** 2
+
+
+def skill_runs(sampler, n_skills, *, init, lr, steps, n_seeds, seed, record_every, device="cpu"):
+    """Online SGD of the layerwise (a_k = b_k = init) and linear (theta = 0) models on skill data.
+
+    Returns the recorded times t = lr * step and the learned coefficients
+    a_k b_k and theta_k, each of shape (n_records, n_seeds, K).
+    """
+    init = check_positive("init", init)
+    shape = (n_seeds, n_skills)
+    ones = torch.ones(shape, dtype=torch.float64, device=device)
+    layerwise = train(
+        diagonal_loss, {"a": init * ones, "b": init * ones}, sampler=sampler, steps=steps, lr=lr, seed=seed,
+        record=lambda p: {"coef": p["a"] * p["b"]}, record_every=record_every, desc="layerwise model",
+    )
+    linear = train(
+        linear_loss, {"theta": 0 * ones}, sampler=sampler, steps=steps, lr=lr, seed=seed + 1,
+        record=lambda p: {"coef": p["theta"]}, record_every=record_every, desc="linear model",
+    )
+    return layerwise.steps * lr, layerwise.records["coef"], linear.records["coef"]
+
+
+def crossing_times(times, curves, level):
+    """First time each curve (last axis = time) crosses ``level``, linearly interpolated; NaN if never."""
+    curves = np.asarray(curves, dtype=np.float64)
+    above = curves >= level
+    first = np.argmax(above, axis=-1)
+    hit = above.any(axis=-1) & (first > 0)
+    i = np.clip(first, 1, len(times) - 1)
+    lo = np.take_along_axis(curves, (i - 1)[..., None], -1)[..., 0]
+    hi = np.take_along_axis(curves, i[..., None], -1)[..., 0]
+    frac = (level - lo) / np.where(hi != lo, hi - lo, 1.0)
+    return np.where(hit, times[i - 1] + frac * (times[i] - times[i - 1]), np.nan)
+
+
+def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False):
+    """Full-batch GD of 2-2-2 linear networks over a grid of (lambda, scale), in one batched run.
+
+    Network j starts lambda-balanced with W2^T W2 - W1 W1^T = lams[j] I and
+    product singular values sqrt(scales[j]), and fits Y / scales[j]
+    (Nam et al. 2025, Fig. 6a; the authors' lambda-balanced init). All
+    networks share the same random rotations (common random numbers), so
+    differences between cells come from lambda and scale alone. With
+    ``aligned=True`` the init shares the target's singular vectors, the case
+    solved in closed form by :func:`aligned_layer_grams`.
+
+    Returns W1 W1^T-free summaries: the initial and final layer grams
+    (W1^T W1, W2 W2^T) and the final loss, as numpy arrays.
+    """
+    lams = torch.as_tensor(lams, dtype=torch.float64)
+    scales = torch.as_tensor(scales, dtype=torch.float64)
+    if lams.shape != scales.shape or lams.ndim != 1:
+        raise ValueError(f"lams and scales must be 1-D of equal length; got {tuple(lams.shape)} and {tuple(scales.shape)}")
+    if torch.any(scales <= 0):
+        raise ValueError("scales must be > 0")
+    n, d = lams.numel(), x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    if aligned:
+        u_t, _, vt_t = np.linalg.svd(y @ x.T / x.shape[1])
+        u, vt = torch.as_tensor(u_t), torch.as_tensor(vt_t)
+    else:
+        u, _, vt = torch.linalg.svd(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    r, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    svals = torch.sqrt(scales)[:, None].expand(n, d)
+    w1, w2 = lambda_balanced_init(lams, svals, u, vt, r)
+    xt = torch.as_tensor(x).expand(n, *x.shape)
+    yt = torch.as_tensor(y)[None] / scales[:, None, None]
+    grams = lambda p: {  # noqa: E731
+        "w1tw1": p["w1"].transpose(-1, -2) @ p["w1"],
+        "w2w2t": p["w2"] @ p["w2"].transpose(-1, -2),
+    }
+    result = train(matrix_loss, {"w1": w1, "w2": w2}, data=(xt, yt), steps=steps, lr=lr, seed=seed,
+                   record=grams, record_every=steps, desc="lambda x scale grid")
+    rec = result.records
+    return {"w1tw1": rec["w1tw1"], "w2w2t": rec["w2w2t"], "loss": rec["loss"], "conserved": (
+        conserved_matrix(result.params["w1"], result.params["w2"]) - lams[:, None, None] * torch.eye(d)).numpy()}
+
+
+def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_every):
+    """GD on the width-Z scalar toy for each initial scale Sigma0 and seed, in one batched run.
+
+    a_i, b_i ~ N(0, Sigma0) independently, so E[(a^2 + b^2)/2] = Sigma0. The
+    step is lr * Z per neuron (mean-field scaling), so that time t = lr * step
+    matches :func:`product_growth` with rate 1.
+
+    Returns a dict with per-network Sigma0, S0 (measured at init), the
+    recorded times, the product f(t), Sigma(t), the per-neuron growth factors
+    (a_i + b_i)(T) / (a_i + b_i)(0) of shape (networks, Z), and the largest
+    drift of a_i^2 - b_i^2 per network.
+    """
+    sigma0s = check_array("sigma0s", sigma0s, ndim=1, positive=True)
+    width = check_int("width", width, low=1)
+    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    scale = torch.as_tensor(np.repeat(sigma0s, n_seeds)).sqrt()[:, None]
+    a = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)
+    b = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)
+    result = train(
+        width_toy_loss, {"a": a, "b": b}, data=(torch.full((a.shape[0],), float(target), dtype=torch.float64),),
+        steps=steps, lr=lr * width, seed=seed, record_every=record_every, desc="width-Z toy",
+        record=lambda p: {"product": (p["a"] * p["b"]).mean(-1), "sigma": ((p["a"] ** 2 + p["b"] ** 2) / 2).mean(-1)},
+    )
+    final = result.params
+    return {
+        "sigma0": ((a**2 + b**2) / 2).mean(-1).numpy(),
+        "s0": (a * b).mean(-1).numpy(),
+        "times": result.steps * lr,
+        "product": result.records["product"].T,
+        "sigma": result.records["sigma"].T,
+        "growth": ((final["a"] + final["b"]) / (a + b)).numpy(),
+        "conserved_drift": ((final["a"] ** 2 - final["b"] ** 2) - (a**2 - b**2)).abs().amax(-1).numpy(),
+    }

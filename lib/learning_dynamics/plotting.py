@@ -1,0 +1,93 @@
+"""One book style: theory as lines, simulation as markers, figures saved by label.
+
+Colours come from the Okabe-Ito palette (safe for colour-blind readers). A
+series keeps its colour in the theory line and in the simulation markers, so
+a reader matches them by colour and tells them apart by style.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+FIGURE_DIR_ENV = "LD_FIGURE_DIR"
+
+STYLE = {
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": mpl.cycler(color=PALETTE),
+    "legend.frameon": False,
+    "legend.fontsize": 8,
+    "lines.linewidth": 1.6,
+    "svg.hashsalt": "learning-dynamics",
+}
+
+
+def use_style() -> None:
+    """Apply the book style to matplotlib (called by every chapter)."""
+    mpl.rcParams.update(STYLE)
+
+
+def color(i: int) -> str:
+    """The i-th series colour."""
+    return PALETTE[i % len(PALETTE)]
+
+
+def theory(ax, x, y, *, i: int = 0, label: str | None = None, **kw):
+    """A closed-form curve: a solid line."""
+    return ax.plot(x, y, "-", color=kw.pop("color", color(i)), label=label, **kw)
+
+
+def simulation(ax, x, y, *, i: int = 0, label: str | None = None, every: int = 1, **kw):
+    """Training runs: open markers, optionally every ``every``-th point."""
+    x = np.asarray(x)[::every]
+    y = np.asarray(y)[..., ::every] if np.ndim(y) > 1 else np.asarray(y)[::every]
+    kw.setdefault("markersize", 4)
+    return ax.plot(x, y, "o", color=kw.pop("color", color(i)), mfc="none", label=label, **kw)
+
+
+def legend_theory_vs_simulation(ax, **kw):
+    """A legend entry explaining line = theory, marker = simulation."""
+    handles = [
+        mpl.lines.Line2D([], [], color="0.3", ls="-", label="theory (closed form)"),
+        mpl.lines.Line2D([], [], color="0.3", ls="none", marker="o", mfc="none", label="simulation"),
+    ]
+    return ax.legend(handles=handles, **kw)
+
+
+def panel_labels(axes) -> None:
+    """(a), (b), ... in the top-left corner of each panel."""
+    for k, ax in enumerate(np.ravel(axes)):
+        ax.text(-0.12, 1.04, f"({chr(97 + k)})", transform=ax.transAxes, fontweight="bold", va="bottom")
+
+
+def show(fig, label: str) -> None:
+    """Save ``fig`` as ``label``.png/.svg when LD_FIGURE_DIR is set, then display it once.
+
+    The command-line runner sets LD_FIGURE_DIR to a temporary folder that it
+    moves into place only when the whole chapter succeeded.
+    """
+    out = os.environ.get(FIGURE_DIR_ENV)
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        fig.savefig(folder / f"{label}.png", bbox_inches="tight")
+        fig.savefig(folder / f"{label}.svg", bbox_inches="tight", metadata={"Date": None})
+    plt.show()
+    plt.close(fig)
+
+
+def subplots(*args, **kwargs):
+    """``plt.subplots`` with the book style and a constrained layout."""
+    use_style()
+    return plt.subplots(*args, layout="constrained", **kwargs)

@@ -1,0 +1,49 @@
+"""Data and tasks, all generated from an explicit seed (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .linear import whiten
+from .validation import check_float, check_int, check_positive
+
+
+def skill_frequencies(n_skills: int, alpha: float) -> np.ndarray:
+    """Power-law skill frequencies p_k proportional to k^-(alpha + 1), summing to 1."""
+    n_skills = check_int("n_skills", n_skills, low=1)
+    alpha = check_float("alpha", alpha, low=0.0)
+    weights = np.arange(1, n_skills + 1, dtype=np.float64) ** -(alpha + 1.0)
+    return weights / weights.sum()
+
+
+def skill_sampler(frequencies, strength: float, n_networks: int, batch_size: int, dtype=torch.float64, device="cpu"):
+    """Online skill data: each sample exercises one skill k ~ p, with x = e_k and y = S.
+
+    The skill features are orthogonal with E[x_k^2] = p_k, the decorrelated
+    inputs of the layerwise model. Returns ``sampler(generator, step)`` giving
+    (x, y) of shapes (n_networks, batch, K) and (n_networks, batch), a fresh
+    batch per network and step, as :func:`learning_dynamics.train.train` expects.
+    """
+    strength = check_positive("strength", strength)
+    n_networks = check_int("n_networks", n_networks, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    probs = torch.as_tensor(frequencies, dtype=dtype, device=device)
+    n_skills = probs.numel()
+
+    def sample(generator, step):
+        skills = torch.multinomial(probs.expand(n_networks, n_skills), batch_size, replacement=True, generator=generator)
+        x = torch.nn.functional.one_hot(skills, n_skills).to(dtype)
+        y = torch.full((n_networks, batch_size), strength, dtype=dtype, device=device)
+        return x, y
+
+    return sample
+
+
+def random_regression(n_samples: int, in_dim: int, out_dim: int, seed: int):
+    """Whitened Gaussian inputs X (in x N, X X^T / N = I) and Gaussian targets Y (out x N)."""
+    n_samples = check_int("n_samples", n_samples, low=in_dim + 1)
+    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    x = whiten(rng.standard_normal((in_dim, n_samples)))
+    y = rng.standard_normal((out_dim, n_samples))
+    return x, y
