@@ -1,12 +1,17 @@
-"""Data and tasks, all generated from an explicit seed (nothing is downloaded)."""
+"""Data and tasks, all generated from an explicit seed (nothing is downloaded).
+
+Each family of tasks lives in its own submodule (skills and regression here;
+hierarchical items, recurrent tasks, digits in siblings); import them as
+``learning_dynamics.tasks.<name>``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .linear import whiten
-from .validation import check_float, check_int, check_positive
+from ..linear import whiten
+from ..validation import check_float, check_int, check_positive
 
 
 def skill_frequencies(n_skills: int, alpha: float) -> np.ndarray:
