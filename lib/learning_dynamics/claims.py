@@ -104,7 +104,8 @@ def table_markdown(claims: list[Claim]) -> str:
     lines = ["| claim | paper / theory | ours | tolerance | status |", "|---|---|---|---|---|"]
     for c in claims:
         status = c.status if not c.known_discrepancy else f"{c.status}: {c.known_discrepancy}"
-        lines.append(f"| {c.statement} | {c.paper} | {rounded(c.ours)} | {c.tolerance} | {status} |")
+        cells = (c.statement, c.paper, rounded(c.ours), c.tolerance, status)
+        lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines)
 
 

@@ -316,7 +316,7 @@ def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_e
     Returns a dict with per-network Sigma0, S0 (measured at init), the
     recorded times, the product f(t), Sigma(t), the per-neuron growth factors
     (a_i + b_i)(T) / (a_i + b_i)(0) of shape (networks, Z), and the largest
-    drift of a_i^2 - b_i^2 per network.
+    drift of a_i^2 - b_i^2 per network, relative to a_i^2 + b_i^2 at init.
     """
     sigma0s = check_array("sigma0s", sigma0s, ndim=1, positive=True)
     width = check_int("width", width, low=1)
@@ -337,5 +337,24 @@ def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_e
         "product": result.records["product"].T,
         "sigma": result.records["sigma"].T,
         "growth": ((final["a"] + final["b"]) / (a + b)).numpy(),
-        "conserved_drift": ((final["a"] ** 2 - final["b"] ** 2) - (a**2 - b**2)).abs().amax(-1).numpy(),
+        "conserved_drift": (((final["a"] ** 2 - final["b"] ** 2) - (a**2 - b**2)).abs() / (a**2 + b**2)).amax(-1).numpy(),
     }
+
+
+def grams_kernel_distance(grams_start, grams_end, x):
+    """Kernel distance between two NTKs given as (W1^T W1, W2 W2^T) pairs (batched numpy or torch)."""
+    xt = torch.as_tensor(x)
+    k0, k1 = (ntk_from_grams(torch.as_tensor(w1tw1), torch.as_tensor(w2w2t), xt) for w1tw1, w2w2t in (grams_start, grams_end))
+    return kernel_distance(k0, k1).numpy()
+
+
+def aligned_kernel_distance(t, lam, x, y, scale):
+    """Closed-form kernel distance after time t for the aligned lambda-balanced 2-layer network.
+
+    The init of :func:`lambda_grid_runs` with ``aligned=True``: product
+    singular values sqrt(scale), targets Y / scale, whitened inputs X.
+    """
+    u, target_svals, vt = np.linalg.svd(y @ x.T / x.shape[1])
+    u0 = np.full(target_svals.shape, np.sqrt(scale))
+    grams = [aligned_layer_grams(time, lam, target_svals / scale, u0, u, vt.T) for time in (0.0, t)]
+    return grams_kernel_distance(grams[0], grams[1], x)

@@ -12,7 +12,7 @@ class FeedbackPrinciple(ChapterPreset):
     alpha: float = param(0.6, low=0.0, help="skill frequencies p_k ~ k^-(alpha+1)")
     skill_strength: float = param(5.0, low=0.0, strict_low=True, help="target S of every skill")
     skill_init: float = param(0.1, low=0.0, strict_low=True, help="initial a0 = b0 of the layerwise model")
-    lr: float = param(0.005, low=0.0, strict_low=True, help="SGD step of the skill and toy models")
+    lr: float = param(0.005, low=0.0, strict_low=True, help="SGD step of the skill models")
     skill_steps: int = param(6000, low=1, help="online SGD steps")
     skill_batch: int = param(2000, low=1, help="samples per SGD step")
     n_seeds: int = param(4, low=1, help="independent runs per experiment")
@@ -20,10 +20,12 @@ class FeedbackPrinciple(ChapterPreset):
     grid_points: int = param(40, low=4, high=200, help="lambda and scale values per axis")
     grid_lr: float = param(0.01, low=0.0, strict_low=True, help="GD step of the 2-2-2 network")
     grid_steps: int = param(4000, low=1, help="full-batch GD steps of the 2-2-2 network")
+    slice_refine: int = param(4, low=1, high=100, help="the aligned theory slice runs at grid_lr / refine for refine x the steps")
     # Figure 3: gamma_+ toy
     toy_width: int = param(1000, low=1, help="width Z of the scalar toy")
     toy_points: int = param(24, low=2, help="initial scales Sigma0 in the sweep")
-    toy_steps: int = param(5000, low=1, help="GD steps of the toy")
+    toy_lr: float = param(0.001, low=0.0, strict_low=True, help="GD step of the toy (small: lr * 2 sqrt(S^2 + Sigma0^2) <= 0.05)")
+    toy_steps: int = param(10000, low=1, help="GD steps of the toy")
 
 
 register(
@@ -31,5 +33,5 @@ register(
     FeedbackPrinciple,
     smoke=dict(skill_steps=6000, skill_batch=500, n_seeds=2, grid_points=20, grid_steps=4000, toy_width=200, toy_points=8),
     book=dict(),
-    paper=dict(n_seeds=16, skill_batch=4000, grid_points=40, toy_width=4000, toy_points=48, toy_steps=20000, lr=0.0025, skill_steps=12000),
+    paper=dict(n_seeds=16, skill_batch=4000, grid_points=40, toy_width=4000, toy_points=48, toy_steps=20000, toy_lr=0.0005, lr=0.0025, skill_steps=12000),
 )
