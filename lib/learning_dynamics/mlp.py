@@ -1,0 +1,205 @@
+"""A deep BatchNorm MLP written for ONE network, trained as a stacked ensemble.
+
+The architecture of Shi, Pan & Dokmanic: input BatchNorm, then ``depth``
+blocks ``Linear(w, w) -> BatchNorm -> LeakyReLU(alpha) -> Dropout(p)``, then
+a Linear read-out. BatchNorm runs in training mode, from the statistics of
+the batch inside the loss; evaluation reuses the statistics of the clean
+training set (the population statistics that PyTorch's running averages
+estimate). Parameters are stacked with a leading network dimension, so a
+whole grid of networks (nonlinearity x noise x seed) trains in one call of
+:func:`learning_dynamics.train.train`, and :func:`train_grid` measures each
+network's separation profile and test accuracy afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import vmap
+
+from . import separation
+from .tasks import digits
+from .train import train
+from .validation import check_choice, check_float, check_int, check_positive
+
+NOISE_KINDS = ("data", "dropout", "lr")
+BN_EPS = 1e-5
+
+
+def init_params(n_networks: int, *, n_in: int, width: int, depth: int, n_out: int,
+                generator: torch.Generator, dtype=torch.float32, device="cpu") -> dict[str, torch.Tensor]:
+    """PyTorch's default init for every network: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` weights and biases,
+    BatchNorm scale 1 and shift 0. Each tensor has the network dimension in front."""
+    n_networks = check_int("n_networks", n_networks, low=1)
+    depth = check_int("depth", depth, low=1)
+    width = check_int("width", width, low=1)
+
+    def uniform(*shape, fan_in):
+        bound = 1.0 / math.sqrt(fan_in)
+        return (torch.rand((n_networks,) + shape, generator=generator, dtype=dtype, device=device) * 2 - 1) * bound
+
+    params = {"bn_in.scale": torch.ones(n_networks, n_in, dtype=dtype, device=device),
+              "bn_in.shift": torch.zeros(n_networks, n_in, dtype=dtype, device=device)}
+    fan_in = n_in
+    for i in range(depth):
+        params[f"w{i}"] = uniform(width, fan_in, fan_in=fan_in)
+        params[f"b{i}"] = uniform(width, fan_in=fan_in)
+        params[f"bn{i}.scale"] = torch.ones(n_networks, width, dtype=dtype, device=device)
+        params[f"bn{i}.shift"] = torch.zeros(n_networks, width, dtype=dtype, device=device)
+        fan_in = width
+    params["w_out"] = uniform(n_out, width, fan_in=width)
+    params["b_out"] = uniform(n_out, fan_in=width)
+    return params
+
+
+def depth_of(params) -> int:
+    """Number of hidden blocks."""
+    return sum(1 for name in params if name.startswith("w") and name != "w_out")
+
+
+def forward(params, x, alpha, masks=None, stats=None):
+    """One network: ``(logits, representations, stats)``.
+
+    ``representations`` lists the input after BatchNorm and each block's
+    output after the activation (before dropout): depth+1 tensors (N, width). ``masks`` (depth, N, width) are
+    dropout masks already scaled by ``1/(1-p)``; ``stats`` (from a previous
+    call) replaces the batch statistics of every BatchNorm.
+    """
+    used = []
+
+    def norm(h, name, i):
+        if stats is None:
+            mean = h.mean(0)
+            centred = h - mean
+            var = (centred * centred).mean(0)
+        else:
+            mean, var = stats[i]
+            centred = h - mean
+        used.append((mean, var))
+        return centred * (params[f"{name}.scale"] * torch.rsqrt(var + BN_EPS)) + params[f"{name}.shift"]
+
+    slope = torch.as_tensor(alpha, dtype=x.dtype)
+    h = norm(x, "bn_in", 0)
+    reps = [h]
+    for i in range(depth_of(params)):
+        h = norm(h @ params[f"w{i}"].T + params[f"b{i}"], f"bn{i}", i + 1)
+        h = h * (slope + (1 - slope) * (h > 0).to(h.dtype)).detach()   # LeakyReLU(alpha): a piecewise-constant gain
+        reps.append(h)
+        if masks is not None:
+            h = h * masks[i]
+    logits = h @ params["w_out"].T + params["b_out"]
+    return logits, reps, used
+
+
+def loss(params, x, y, alpha, masks=None):
+    """Cross-entropy of one network on a (noisy) batch, BatchNorm from that batch."""
+    return torch.nn.functional.cross_entropy(forward(params, x, alpha, masks)[0], y)
+
+
+@dataclass
+class GridResult:
+    """Per network (alpha, noise, seed): the separation profile log D_0..log D_L and test accuracy."""
+
+    alphas: np.ndarray
+    noises: np.ndarray
+    noise_kind: str
+    log_d: np.ndarray        # (n_alpha, n_noise, n_seed, depth + 1)
+    accuracy: np.ndarray     # (n_alpha, n_noise, n_seed), in [0, 1]
+    train_loss: np.ndarray   # (n_alpha, n_noise, n_seed), last step
+
+    @property
+    def curvature(self) -> np.ndarray:
+        """Normalised curvature of each network's profile (n_alpha, n_noise, n_seed)."""
+        return separation.curvature(self.log_d)
+
+
+def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", width: int = 64, depth: int = 7,
+               steps: int = 100, lr: float = 1e-3, dropout: float = 0.0, data_noise: float = 0.0,
+               seed: int = 0, dtype=torch.float32) -> GridResult:
+    """Train the alpha x noise x seed grid in ONE batched run (full-batch Adam) and measure every network.
+
+    ``data = (x_train, y_train, x_test, y_test)``. ``noise_kind`` picks what
+    the ``noises`` axis sets: ``"data"`` (label redraw fraction and input
+    noise ``s``), ``"dropout"`` (drop probability ``p``) or ``"lr"`` (Adam
+    step); the other knobs stay at ``lr``, ``dropout`` and ``data_noise``.
+    Networks with the same seed index share their initialisation.
+    """
+    check_choice("noise_kind", noise_kind, NOISE_KINDS)
+    x_train, y_train, x_test, y_test = data
+    alphas = np.asarray(alphas, dtype=np.float64)
+    noises = np.asarray(noises, dtype=np.float64)
+    n_seeds = check_int("n_seeds", n_seeds, low=1)
+    steps = check_int("steps", steps, low=1)
+    for a in alphas:
+        check_float("alpha", a, low=0.0, high=1.0)
+    lr = check_positive("lr", lr)
+    dropout = check_float("dropout", dropout, low=0.0, high=0.95)
+    data_noise = check_float("data_noise", data_noise, low=0.0, high=1.0)
+    for value in noises:
+        if noise_kind == "lr":
+            check_positive("noises (learning rates)", value)
+        else:
+            check_float(f"noises ({noise_kind} levels)", value, low=0.0, high=0.95 if noise_kind == "dropout" else 1.0)
+    if alphas.ndim != 1 or noises.ndim != 1 or not len(alphas) or not len(noises):
+        raise ValueError("alphas and noises must be non-empty 1-D sequences")
+
+    shape = (len(alphas), len(noises), n_seeds)
+    grid_alpha, grid_noise, grid_seed = (g.ravel() for g in np.meshgrid(alphas, noises, np.arange(n_seeds),
+                                                                          indexing="ij"))
+    n = grid_alpha.size
+    device = x_train.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    base = init_params(n_seeds, n_in=x_train.shape[1], width=width, depth=depth, n_out=digits.N_CLASSES,
+                       generator=generator, dtype=dtype, device=device)
+    index = torch.as_tensor(grid_seed, device=device)
+    params = {name: value[index].clone() for name, value in base.items()}
+
+    def per_network(kind, default):
+        return torch.as_tensor(np.where(noise_kind == kind, grid_noise, default), dtype=dtype, device=device)
+
+    alpha = torch.as_tensor(grid_alpha, dtype=dtype, device=device)
+    level, drop, rates = per_network("data", data_noise), per_network("dropout", dropout), per_network("lr", lr)
+    keep = 1.0 - drop
+
+    def sampler(gen, step):
+        if bool((level > 0).any()):
+            x, y = digits.data_noise(x_train, y_train, level, gen)
+        else:
+            x, y = x_train.expand(n, *x_train.shape), y_train.expand(n, *y_train.shape)
+        if not bool((drop > 0).any()):
+            return x, y, alpha
+        shape_mask = (n, depth, x_train.shape[0], width)
+        u = torch.rand(shape_mask, generator=gen, dtype=dtype, device=device)
+        masks = (u < keep[:, None, None, None]).to(dtype) / keep[:, None, None, None]
+        return x, y, alpha, masks
+
+    result = train(loss, params, steps=steps, lr=rates, sampler=sampler, optimizer="adam", seed=seed,
+                   desc="phase-diagram grid")
+    log_d, accuracy = measure(result.params, alpha, data)
+    return GridResult(alphas=alphas, noises=noises, noise_kind=noise_kind, log_d=log_d.reshape(shape + (-1,)),
+                      accuracy=accuracy.reshape(shape), train_loss=result.records["loss"][-1].reshape(shape))
+
+
+@torch.no_grad()
+def measure(params, alpha, data):
+    """Separation profile on the clean training set and test accuracy, for every stacked network.
+
+    BatchNorm uses the clean training set's statistics for both (dropout off).
+    """
+    x_train, y_train, x_test, y_test = data
+    n = alpha.shape[0]
+
+    def on_train(p, a):
+        _, reps, stats = forward(p, x_train, a)
+        return reps, stats
+
+    def on_test(p, a, stats):
+        return (forward(p, x_test, a, stats=stats)[0].argmax(-1) == y_test).double().mean()
+
+    reps, stats = vmap(on_train)(params, alpha)                       # depth+1 tensors (n, N, width)
+    accuracy = vmap(on_test)(params, alpha, stats)
+    log_d = np.stack([separation.log_separation(h, y_train) for h in reps], -1)
+    return log_d.reshape(n, -1), accuracy.cpu().numpy()

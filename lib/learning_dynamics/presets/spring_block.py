@@ -1,0 +1,48 @@
+"""Presets of the spring-block chapter (Shi, Pan & Dokmanic 2024)."""
+
+from dataclasses import dataclass
+
+from . import ChapterPreset, param, register
+
+
+@dataclass(frozen=True)
+class SpringBlock(ChapterPreset):
+    # DNN phase diagram on scikit-learn's digits
+    n_train: int = param(1000, low=100, high=1700, help="training images (the rest of the 1,797 are the test set)")
+    width: int = param(64, low=8, high=512, help="hidden width w of every block")
+    depth: int = param(7, low=3, high=20, help="blocks Linear -> BatchNorm -> LeakyReLU -> Dropout")
+    steps: int = param(100, low=1, help="full-batch Adam steps")
+    lr: float = param(1e-3, low=0.0, strict_low=True, help="Adam learning rate (when it is not the noise knob)")
+    alphas: tuple = param((0.0, 0.3, 0.6, 1.0), help="LeakyReLU slopes, rows (0 = ReLU at the top, 1 = linear)")
+    noises: tuple = param((0.6, 0.4, 0.2, 0.0), help="data-noise levels s, columns (paper order: decreasing)")
+    n_seeds: int = param(2, low=1, help="networks (initialisations) per cell")
+    dropouts: tuple = param((0.3, 0.2, 0.1, 0.0), help="dropout levels of the second diagram (empty: skip it)")
+    # Spring-block chain
+    n_blocks: int = param(7, low=2, high=50, help="blocks L (one per layer)")
+    chain_k: float = param(1.0, low=0.0, strict_low=True, help="spring constant k")
+    chain_eta: float = param(0.01, low=0.0, strict_low=True, help="step of the overdamped chain (eta k < 0.5)")
+    chain_steps: int = param(10_000, low=100, help="steps of the overdamped chain")
+    replicas: int = param(32, low=1, help="independent chains per cell (averaged with the last half of the steps)")
+    frictions: tuple = param((0.2, 0.1, 0.05, 0.02), help="forward friction mu of the chain's rows (high at the top)")
+    shakes: tuple = param((0.5, 0.2, 0.1, 0.05, 0.02, 0.0), help="noise eps of the chain's columns (decreasing)")
+    asymmetry: float = param(1.5, low=1.0, help="mu_back / mu_fwd in the chain's phase diagram")
+    # Second-order (Langevin) chain
+    sde_k: float = param(0.1, low=0.0, strict_low=True, help="spring constant of the second-order chain")
+    sde_dt: float = param(0.05, low=0.0, strict_low=True, help="Euler-Maruyama step")
+    sde_steps: int = param(14_000, low=100, help="steps of the second-order chain")
+    sde_decay: float = param(0.005, low=0.0, help="noise decay rate lambda: eps(t) = eps exp(-lambda t)")
+
+
+register(
+    "spring_block",
+    SpringBlock,
+    smoke=dict(n_train=400, width=32, steps=40, alphas=(0.0, 1.0), noises=(0.6, 0.0), n_seeds=1, dropouts=(),
+               chain_steps=4000, chain_eta=0.025, replicas=8, frictions=(0.2, 0.02), shakes=(0.5, 0.0),
+               sde_steps=3000, sde_dt=0.2, sde_decay=0.01),
+    book=dict(),
+    paper=dict(n_train=1500, width=100, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+               noises=(0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0), n_seeds=10,
+               dropouts=(0.28, 0.24, 0.2, 0.16, 0.12, 0.08, 0.04, 0.0), replicas=128,
+               frictions=(0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
+               shakes=(1.0, 0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.0)),
+)
