@@ -1,0 +1,42 @@
+"""Presets of the three-mechanisms chapter (Xu & Ziyin 2025)."""
+
+from dataclasses import dataclass
+
+from . import ChapterPreset, param, register
+
+
+@dataclass(frozen=True)
+class ThreeMechanisms(ChapterPreset):
+    # Figure 1 and the width scaling: GD of the 1-D linear network against the exact solution
+    widths: tuple = param((10, 100, 1000), help="widths d of the alignment and disalignment runs (and of the width-scaling GD)")
+    rescaling_widths: tuple = param((1, 1000), help="widths d of the rescaling runs")
+    lr: float = param(1e-3, low=0.0, strict_low=True, high=0.01, help="GD step (time t = lr * step); the GD-vs-flow tolerance equals it")
+    horizon: float = param(20.0, low=0.0, strict_low=True, help="training time T (steps = T / lr)")
+    clock_ntk: float = param(2.0, low=0.0, strict_low=True, help="learning rates are scaled so that max(K0, K_inf) = this")
+    records: int = param(100, low=2, help="recorded points per trajectory")
+    n_seeds: int = param(4, low=1, help="GD seeds per width in the width-scaling runs")
+    # Width scaling (closed form)
+    theory_seeds: int = param(1024, low=2, help="random inits averaged per width on the closed-form scaling curves")
+    theory_max_width: int = param(1000000, low=10000, help="largest width of the closed-form scaling curves")
+    # Phase diagram (closed form) and GD probes
+    grid_points: int = param(61, low=5, high=401, help="points per axis of the phase diagrams")
+    diagram_width: int = param(10000, low=10, help="width d of the phase diagrams")
+    probe_width: int = param(1000, low=10, help="width of the GD probes along the b = 0 cut")
+    probe_exponents: tuple = param((0.25, 0.5, 0.75, 1.0, 1.25, 1.5), help="output-scale exponents a of the GD probes")
+    # Nonlinear network on digits
+    digits_samples: int = param(256, low=20, high=1787, help="training images of the tanh network")
+    digits_width: int = param(64, low=1, help="hidden width of the tanh network")
+    digits_lr: float = param(0.3, low=0.0, strict_low=True, help="GD step of the tanh network (x d in the mean-field setting)")
+    digits_steps: int = param(2000, low=1, help="GD steps of the tanh network")
+
+
+register(
+    "three_mechanisms",
+    ThreeMechanisms,
+    smoke=dict(widths=(10, 100), rescaling_widths=(1, 100), lr=4e-3, n_seeds=2, theory_seeds=256,
+               grid_points=21, probe_width=100, digits_samples=128, digits_width=32, digits_steps=400),
+    book=dict(),
+    paper=dict(widths=(10, 100, 1000, 10000), rescaling_widths=(1, 10, 10000), n_seeds=8, theory_seeds=4096,
+               theory_max_width=100000000, grid_points=201, diagram_width=100000, probe_width=10000,
+               digits_samples=1500, digits_width=256, digits_steps=5000),
+)
