@@ -147,7 +147,7 @@ def profile_grid(fig, profiles, *, row_labels, col_labels, shade=None, cmap="Gre
             ax = axes[r, c]
             if shade is not None:
                 ax.set_facecolor(colours(norm(shade[r, c])))
-            plotting.theory(ax, [0, n_points - 1], [1, 0], color="0.55", lw=0.8, ls="--")
+            plotting.theory(ax, [0, n_points - 1], [1, 0], color="0.6", lw=0.8)
             plotting.simulation(ax, layers, profiles[r, c], color="#D55E00", every=every_marker, markersize=2.5)
             ax.set(xticks=[], yticks=[], xlim=(-0.5, n_points - 0.5), ylim=(-0.15, 1.15))
             for side in ("top", "right", "bottom", "left"):

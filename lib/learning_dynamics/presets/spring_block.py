@@ -17,6 +17,7 @@ class SpringBlock(ChapterPreset):
     noises: tuple = param((0.6, 0.4, 0.2, 0.0), help="data-noise levels s, columns (paper order: decreasing)")
     n_seeds: int = param(2, low=1, help="networks (initialisations) per cell")
     dropouts: tuple = param((0.3, 0.2, 0.1, 0.0), help="dropout levels of the second diagram (empty: skip it)")
+    dropout_seeds: int = param(1, low=1, help="networks per cell of the dropout diagram")
     # Spring-block chain
     n_blocks: int = param(7, low=2, high=50, help="blocks L (one per layer)")
     chain_k: float = param(1.0, low=0.0, strict_low=True, help="spring constant k")
@@ -36,13 +37,12 @@ class SpringBlock(ChapterPreset):
 register(
     "spring_block",
     SpringBlock,
-    smoke=dict(n_train=400, width=32, steps=40, alphas=(0.0, 1.0), noises=(0.6, 0.0), n_seeds=1, dropouts=(),
-               chain_steps=4000, chain_eta=0.025, replicas=8, frictions=(0.2, 0.02), shakes=(0.5, 0.0),
-               sde_steps=3000, sde_dt=0.2, sde_decay=0.01),
+    smoke=dict(n_train=400, width=32, steps=30, alphas=(0.0, 1.0), noises=(0.6, 0.0), n_seeds=1, dropouts=(),
+               chain_steps=4000, chain_eta=0.025, replicas=8, frictions=(0.2, 0.02), shakes=(0.5, 0.0)),
     book=dict(),
     paper=dict(n_train=1500, width=100, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                noises=(0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0), n_seeds=10,
-               dropouts=(0.28, 0.24, 0.2, 0.16, 0.12, 0.08, 0.04, 0.0), replicas=128,
+               dropouts=(0.28, 0.24, 0.2, 0.16, 0.12, 0.08, 0.04, 0.0), dropout_seeds=10, replicas=128,
                frictions=(0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
                shakes=(1.0, 0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.0)),
 )

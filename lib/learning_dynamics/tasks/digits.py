@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..validation import check_float, check_int
+from ..validation import check_int
 
 N_CLASSES = 10
 N_SAMPLES = 1797
@@ -55,8 +55,3 @@ def data_noise(x, y, level, generator: torch.Generator):
     redraw = rank < torch.floor(level * n_samples)[:, None]
     fresh = torch.randint(0, N_CLASSES, (n, n_samples), generator=generator, device=x.device)
     return x_noisy, torch.where(redraw, fresh, y)
-
-
-def check_level(name: str, value) -> float:
-    """A noise level in [0, 1]."""
-    return check_float(name, value, low=0.0, high=1.0)
