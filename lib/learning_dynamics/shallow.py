@@ -268,8 +268,9 @@ def observables_of_weights(u, w, *, gamma, c, eta_u=1.0, eta_w=1.0):
     gamma, c, eta_u, eta_w = _hyper(gamma, c, eta_u, eta_w)
     uu, ww, uw = (u * u).sum(-1), (w * w).sum(-1), (u * w).sum(-1)
     f = gamma * uw
-    return {"F": f, "loss": 0.5 * (f - c) ** 2, "norm_u": np.sqrt(uu), "norm_w": np.sqrt(ww),
-            "cos": uw / np.sqrt(uu * ww), "angle": angle(u, w), "ntk": gamma**2 * (eta_w * uu + eta_u * ww)}
+    with np.errstate(invalid="ignore", divide="ignore"):  # cos and angle are undefined (NaN) for a zero layer
+        return {"F": f, "loss": 0.5 * (f - c) ** 2, "norm_u": np.sqrt(uu), "norm_w": np.sqrt(ww),
+                "cos": uw / np.sqrt(uu * ww), "angle": angle(u, w), "ntk": gamma**2 * (eta_w * uu + eta_u * ww)}
 
 
 # ---------------------------------------------------------------------------

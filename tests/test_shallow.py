@@ -1,0 +1,197 @@
+"""Unit tests of learning_dynamics.shallow: the exact solution of the 1-D linear network (Xu & Ziyin)."""
+
+import numpy as np
+import pytest
+import torch
+
+from learning_dynamics import shallow
+
+T = np.linspace(0.0, 8.0, 33)
+
+
+def rel_error(a, b, keys=("F", "loss", "norm_u", "norm_w", "cos", "ntk")):
+    return max(float(np.max(np.abs(a[k] - b[k]) / np.max(np.abs(b[k])))) for k in keys)
+
+
+def ode_observables(t, u0, w0, **hyper):
+    u, w = shallow.integrate_flow(t, u0, w0, **hyper)
+    col = {k: np.asarray(v, dtype=np.float64)[..., None] for k, v in hyper.items()}
+    return shallow.observables_of_weights(u, w, **col), (u, w)
+
+
+CASES = [  # gamma, c, eta_u, eta_w, init scale
+    (1.0, 1.0, 1.0, 1.0, 0.1),  # alignment from a small init
+    (0.05, 0.2, 1.0, 3.0, 1.0),  # unequal rates, output overshoots the target
+    (0.3, -0.7, 2.0, 0.5, 0.5),  # negative target
+    (1.0, 0.1, 1.0, 1.0, 1.0),  # large init (kernel)
+    (0.5, 0.0, 1.0, 1.0, 0.5),  # zero target
+]
+
+
+@pytest.mark.parametrize("gamma, c, eta_u, eta_w, scale", CASES)
+def test_closed_form_matches_ode_integration(gamma, c, eta_u, eta_w, scale):
+    rng = np.random.default_rng(0)
+    u0, w0 = scale * rng.standard_normal(12), scale * rng.standard_normal(12)
+    hyper = dict(gamma=gamma, c=c, eta_u=eta_u, eta_w=eta_w)
+    exact = shallow.solve(T, u0, w0, **hyper)
+    ode, (u, w) = ode_observables(T, u0, w0, **hyper)
+    assert rel_error(exact, ode) < 1e-8
+    assert np.max(np.abs(exact["angle"] - ode["angle"])) < 1e-8
+    # the weights themselves, and the conserved matrix
+    u_exact, w_exact = shallow.weights(T, u0, w0, **hyper)
+    assert np.max(np.abs(u_exact - u)) < 1e-8 * np.max(np.abs(u)) and np.max(np.abs(w_exact - w)) < 1e-8 * np.max(np.abs(w))
+    q = shallow.conserved(u, w, eta_u, eta_w)
+    assert np.max(np.abs(q - q[0])) < 1e-9 * np.max(np.abs(q[0]))
+
+
+def test_batched_grid_broadcasts_like_single_calls():
+    rng = np.random.default_rng(1)
+    u0, w0 = rng.standard_normal((3, 1, 5)), rng.standard_normal((3, 1, 5))
+    gamma = np.array([0.5, 1.0])[None, :]  # (1, 2) against a (3, 1) batch of inits
+    batch = shallow.solve(T, u0[..., 0, :][:, None], w0[..., 0, :][:, None], gamma=gamma, c=1.0)
+    assert batch["F"].shape == (3, 2, T.size)
+    single = shallow.solve(T, u0[2, 0], w0[2, 0], gamma=1.0, c=1.0)
+    np.testing.assert_allclose(batch["F"][2, 1], single["F"], rtol=1e-14)
+
+
+def test_closed_form_matches_gd_with_equal_and_unequal_learning_rates():
+    rng = np.random.default_rng(2)
+    d = 20
+    u0, w0 = 0.3 * rng.standard_normal((4, d)), 0.3 * rng.standard_normal((4, d))
+    eta_u = np.array([1.0, 1.0, 4.0, 0.25])
+    eta_w = np.array([1.0, 1.0, 0.25, 4.0])
+    gd = shallow.gd_runs(u0, w0, gamma=0.5, c=1.0, eta_u=eta_u, eta_w=eta_w, lr=1e-3, steps=4000, record_every=100)
+    exact = shallow.solve(gd["t"], u0, w0, gamma=0.5, c=1.0, eta_u=eta_u, eta_w=eta_w)
+    assert rel_error(gd, exact) < 1e-3
+    # unequal rates really change the trajectory
+    assert np.max(np.abs(exact["norm_u"][2] - exact["norm_u"][0])) > 0.1
+
+
+def test_equal_rates_only_set_the_clock():
+    rng = np.random.default_rng(3)
+    u0, w0 = rng.standard_normal(6), rng.standard_normal(6)
+    slow = shallow.solve(T, u0, w0, gamma=0.7, c=0.4, eta_u=2.0, eta_w=0.5)
+    fast = shallow.solve(T / 3, u0, w0, gamma=0.7, c=0.4, eta_u=6.0, eta_w=1.5)
+    for key in ("F", "norm_u", "norm_w", "cos"):
+        np.testing.assert_allclose(fast[key], slow[key], rtol=1e-12, atol=1e-14)
+
+
+def test_zero_norm_init_stays_at_zero():
+    zero = np.zeros(4)
+    exact = shallow.solve(T, zero, zero, gamma=1.0, c=1.5)
+    np.testing.assert_array_equal(exact["F"], 0.0)
+    np.testing.assert_array_equal(exact["norm_u"], 0.0)
+    np.testing.assert_allclose(exact["loss"], 0.5 * 1.5**2)
+    end = shallow.final_state(0.0, 0.0, 0.0, gamma=1.0, c=1.5)
+    assert end["F"][-1] == 0.0 and end["ntk"][-1] == 0.0
+    gd = shallow.gd_runs(zero[None], zero[None], gamma=1.0, c=1.5, lr=1e-2, steps=10)
+    np.testing.assert_array_equal(gd["u"], 0.0)
+
+
+@pytest.mark.parametrize("kind", ["one layer zero", "anti-aligned", "aligned, negative target"])
+def test_degenerate_inits_match_ode(kind):
+    rng = np.random.default_rng(4)
+    v = rng.standard_normal(5)
+    u0, w0, c = {"one layer zero": (np.zeros(5), 0.5 * v, 1.0),
+                 "anti-aligned": (0.3 * v, -0.3 * v, 1.0),  # S0 = 0: the growing direction is empty
+                 "aligned, negative target": (0.3 * v, 0.3 * v, -1.0)}[kind]  # D0 = 0 and c < 0
+    exact = shallow.solve(T, u0, w0, gamma=1.0, c=c)
+    ode, _ = ode_observables(T, u0, w0, gamma=1.0, c=c)
+    keys = ("F", "loss", "norm_u", "norm_w", "ntk")
+    assert rel_error(exact, ode, keys) < 1e-8
+    assert np.all(np.isfinite(exact["F"]))
+
+
+def test_final_state_is_the_fixed_point_and_satisfies_the_invariant():
+    rng = np.random.default_rng(5)
+    u0, w0 = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
+    hyper = dict(gamma=np.linspace(0.1, 1.0, 6), c=np.array([1.0, -0.5, 2.0, 0.3, -2.0, 0.0]), eta_u=1.5, eta_w=0.7)
+    ov = shallow.overlaps(u0, w0)
+    end = shallow.final_state(*ov, **hyper)
+    late = shallow.solve(np.array([0.0, 200.0]), u0, w0, **hyper)
+    for key in ("F", "ntk", "norm_u", "norm_w", "cos"):
+        np.testing.assert_allclose(late[key], end[key], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(end["F"][:, -1], hyper["c"], atol=1e-12)
+    ratio = shallow.kernel_ratio(*ov[:3], **hyper)
+    np.testing.assert_allclose(end["ntk"][:, 1] / end["ntk"][:, 0], ratio, rtol=1e-12)
+
+
+def test_mechanisms_are_classified():
+    # small init aligns, overshooting pre-aligned init disaligns, parallel init rescales, big init is lazy
+    v = np.random.default_rng(6).standard_normal((4, 50))
+    xi = np.random.default_rng(7).standard_normal((4, 50))
+    u0 = np.stack([0.01 * xi[0], v[1] + 0.3 * xi[1], 0.1 * v[2], 5 * xi[3]])
+    w0 = np.stack([0.01 * v[0], v[1] + 0.3 * xi[2], 0.2 * v[2], 5 * v[3]])
+    c = np.array([1.0, 5.0, 1.0, 1.0])
+    end = shallow.final_state(*shallow.overlaps(u0, w0), gamma=np.array([1.0, 1.0, 1.0, 0.02]), c=c)
+    labels = [shallow.MECHANISMS[i] for i in shallow.classify(shallow.mechanism_stats(end))]
+    assert labels == ["alignment", "disalignment", "rescaling", "kernel"]
+
+
+def test_gaussian_overlaps_follow_the_law_of_gaussian_vectors():
+    d, n = 6, 40000
+    uu, ww, uw, cross = shallow.gaussian_overlaps([d], n, seed=0)
+    vu, vw, vuw, vcross = shallow.overlaps(*shallow.gaussian_init([d], n, seed=1))
+    for a, b in ((uu, vu), (ww, vw), (uw, vuw), (cross, vcross)):
+        assert abs(a.mean() - b.mean()) < 0.1 and abs(a.std() / b.std() - 1) < 0.05
+    np.testing.assert_allclose(cross**2, uu * ww - uw**2, rtol=1e-9, atol=1e-9)
+    assert np.all(shallow.gaussian_overlaps([1], 5, seed=0)[3] == 0)  # d = 1: always parallel
+
+
+def test_padded_batches_and_clock():
+    batch = shallow.prototype_inits([3, 7], [1], seed=0) + shallow.scaled_inits([5], 2, a=0.5, b=0.0, seed=1)
+    assert batch.u0.shape == (2 * 2 + 1 + 1 + 2, 7)
+    assert np.all(batch.u0[batch.width == 3][:, 3:] == 0)
+    clocked = batch.on_clock(2.0)
+    end = shallow.final_state(*clocked.overlaps(), **clocked.hyper())
+    np.testing.assert_allclose(end["ntk"].max(-1), 2.0, rtol=1e-12)
+    before = shallow.final_state(*batch.overlaps(), **batch.hyper())
+    # rtol 1e-9: |u|^2 comes from |S|^2 + |D|^2 + 2 S.D, which loses digits when |u| << |w| (lazy alignment)
+    np.testing.assert_allclose(end["cos"], before["cos"], rtol=1e-9)
+
+
+def test_phase_diagram_sides_of_the_boundary():
+    a = np.linspace(0, 2, 9)
+    stats = shallow.phase_diagram(a[:, None], np.array([0.0, 0.5])[None, :], 10_000)
+    assert stats["kernel_ratio"].shape == (9, 2)
+    s = a[:, None] + np.array([0.0, 0.5])[None, :]
+    assert np.all(np.abs(stats["kernel_ratio"][s <= 0.75] - 1) < 0.05)
+    assert np.all(stats["kernel_ratio"][s >= 1.25] > 2)
+    # a learning-rate ratio pushes the boundary out to a + b = 1 + |e| / 2
+    lazy = shallow.phase_diagram(1.25, 0.0, 10_000, e=3.0)["kernel_ratio"]
+    assert abs(lazy - 1) < 0.05
+
+
+def test_layer_alignment_reduces_to_cosine():
+    rng = np.random.default_rng(8)
+    u, w = rng.standard_normal((3, 7)), rng.standard_normal((3, 7))
+    zeta = shallow.layer_alignment(torch.as_tensor(u)[..., None], torch.as_tensor(w)).numpy()
+    cos = (u * w).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(w, axis=-1)
+    np.testing.assert_allclose(zeta, np.abs(cos), rtol=1e-12)
+
+
+def test_angle_is_accurate_for_parallel_vectors():
+    v = np.array([1.0, 2.0, 3.0])
+    assert shallow.angle(v, 2 * v) < 1e-15
+    np.testing.assert_allclose(shallow.angle(v, -v), np.pi)
+    assert float(shallow.angle(torch.as_tensor(v), torch.as_tensor(3 * v))) < 1e-15
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: shallow.solve(T, np.zeros(0), np.zeros(0), gamma=1.0, c=1.0), "width"),
+    (lambda: shallow.solve(T, np.ones(3), np.ones(3), gamma=1.0, c=1.0, eta_u=-1.0), "eta_u"),
+    (lambda: shallow.solve(T, np.ones(3), np.ones(3), gamma=1.0, c=1.0, eta_w=0.0), "eta_w"),
+    (lambda: shallow.solve(T, np.ones(3), np.ones(3), gamma=-1.0, c=1.0), "gamma"),
+    (lambda: shallow.solve(-T, np.ones(3), np.ones(3), gamma=1.0, c=1.0), "t"),
+    (lambda: shallow.solve(T, np.ones(3), np.ones(4), gamma=1.0, c=1.0), "u0 and w0"),
+    (lambda: shallow.solve_overlaps(T, 1.0, 1.0, 2.0, gamma=1.0, c=1.0), "u0.w0"),
+    (lambda: shallow.gd_runs(np.ones((2, 3)), np.ones((2, 3)), gamma=1.0, c=1.0, lr=-0.1, steps=5), "lr"),
+    (lambda: shallow.gd_runs(np.ones((2, 3)), np.ones((2, 3)), gamma=1.0, c=1.0, eta_u=[1.0, -1.0], lr=0.1, steps=5), "eta_u"),
+    (lambda: shallow.prototype_inits([0, 10], [1]), "width"),
+    (lambda: shallow.scaled_inits([10], 0, a=0.5, b=0.0), "n_seeds"),
+    (lambda: shallow.phase_diagram(0.5, 0.0, 0), "width"),
+    (lambda: shallow.mechanism_map(1.0, 1.5), "zeta0"),
+])
+def test_bad_input_names_the_parameter(call, name):
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        call()
