@@ -24,7 +24,7 @@ class SpringBlock(ChapterPreset):
     chain_eta: float = param(0.01, low=0.0, strict_low=True, help="step of the overdamped chain (eta k < 0.5)")
     chain_steps: int = param(10_000, low=100, help="steps of the overdamped chain")
     replicas: int = param(32, low=1, help="independent chains per cell (averaged with the last half of the steps)")
-    frictions: tuple = param((0.2, 0.1, 0.05, 0.02), help="forward friction mu of the chain's rows (high at the top)")
+    frictions: tuple = param((0.15, 0.1, 0.05, 0.02), help="forward friction mu of the chain's rows (high at the top)")
     shakes: tuple = param((0.5, 0.2, 0.1, 0.05, 0.02, 0.0), help="noise eps of the chain's columns (decreasing)")
     asymmetry: float = param(1.5, low=1.0, help="mu_back / mu_fwd in the chain's phase diagram")
     # Second-order (Langevin) chain
@@ -38,11 +38,11 @@ register(
     "spring_block",
     SpringBlock,
     smoke=dict(n_train=400, width=32, steps=30, alphas=(0.0, 1.0), noises=(0.6, 0.0), n_seeds=1, dropouts=(),
-               chain_steps=4000, chain_eta=0.025, replicas=8, frictions=(0.2, 0.02), shakes=(0.5, 0.0)),
+               chain_steps=4000, chain_eta=0.025, replicas=8, frictions=(0.15, 0.02), shakes=(0.5, 0.0)),
     book=dict(),
     paper=dict(n_train=1500, width=100, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                noises=(0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0), n_seeds=10,
                dropouts=(0.28, 0.24, 0.2, 0.16, 0.12, 0.08, 0.04, 0.0), dropout_seeds=10, replicas=128,
-               frictions=(0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
+               frictions=(0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
                shakes=(1.0, 0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.0)),
 )
