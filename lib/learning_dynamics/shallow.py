@@ -67,12 +67,11 @@ def angle(u, w):
     Accurate to rounding even when u and w are nearly parallel (where
     arccos of the cosine loses half the digits). numpy or torch.
     """
-    lib = torch if isinstance(u, torch.Tensor) else np
-    uh = u / lib.linalg.norm(u, axis=-1, keepdims=True) if lib is np else u / u.norm(dim=-1, keepdim=True)
-    wh = w / lib.linalg.norm(w, axis=-1, keepdims=True) if lib is np else w / w.norm(dim=-1, keepdim=True)
-    if lib is np:
-        return 2 * np.arctan2(np.linalg.norm(uh - wh, axis=-1), np.linalg.norm(uh + wh, axis=-1))
-    return 2 * torch.atan2((uh - wh).norm(dim=-1), (uh + wh).norm(dim=-1))
+    if isinstance(u, torch.Tensor):
+        uh, wh = u / u.norm(dim=-1, keepdim=True), w / w.norm(dim=-1, keepdim=True)
+        return 2 * torch.atan2((uh - wh).norm(dim=-1), (uh + wh).norm(dim=-1))
+    uh, wh = u / np.linalg.norm(u, axis=-1, keepdims=True), w / np.linalg.norm(w, axis=-1, keepdims=True)
+    return 2 * np.arctan2(np.linalg.norm(uh - wh, axis=-1), np.linalg.norm(uh + wh, axis=-1))
 
 
 def overlaps(u0, w0):
@@ -87,6 +86,21 @@ def overlaps(u0, w0):
 # ---------------------------------------------------------------------------
 # The exact solution
 # ---------------------------------------------------------------------------
+
+
+def _prepare(uu, ww, uw, cross, gamma, c, eta_u, eta_w):
+    """Validate and broadcast the overlaps and hyperparameters (with a trailing time axis of 1)."""
+    gamma, c, eta_u, eta_w = _hyper(gamma, c, eta_u, eta_w)
+    uu, ww, uw = (check_array(n, v) for n, v in (("|u0|^2", uu), ("|w0|^2", ww), ("u0.w0", uw)))
+    if np.any(uu < 0) or np.any(ww < 0):
+        raise ValueError("|u0|^2 and |w0|^2 must be >= 0")
+    if np.any(uw**2 > uu * ww * (1 + 1e-12) + 1e-300):
+        raise ValueError("u0.w0 must satisfy (u0.w0)^2 <= |u0|^2 |w0|^2 (Cauchy-Schwarz)")
+    if cross is None:
+        cross = np.sqrt(np.maximum(uu * ww - uw**2, 0.0))
+    args = np.broadcast_arrays(uu, ww, uw, check_array("cross", cross), gamma, c, eta_u, eta_w)
+    uu, ww, uw, cross, gamma, c, eta_u, eta_w = (x[..., None] for x in args)
+    return (*_riccati(uu, ww, uw, gamma, c, eta_u, eta_w), cross, gamma, c, eta_u, eta_w)
 
 
 def _riccati(uu, ww, uw, gamma, c, eta_u, eta_w):
@@ -161,19 +175,8 @@ def solve_overlaps(t, uu, ww, uw, cross=None, *, gamma, c, eta_u=1.0, eta_w=1.0)
     t = check_array("t", t, ndim=1)
     if np.any(t < 0):
         raise ValueError("t must be >= 0")
-    gamma, c, eta_u, eta_w = _hyper(gamma, c, eta_u, eta_w)
-    uu, ww, uw = (check_array(n, v) for n, v in (("|u0|^2", uu), ("|w0|^2", ww), ("u0.w0", uw)))
-    if np.any(uu < 0) or np.any(ww < 0):
-        raise ValueError("|u0|^2 and |w0|^2 must be >= 0")
-    if np.any(uw**2 > uu * ww * (1 + 1e-12) + 1e-300):
-        raise ValueError("u0.w0 must satisfy (u0.w0)^2 <= |u0|^2 |w0|^2 (Cauchy-Schwarz)")
-    if cross is None:
-        cross = np.sqrt(np.maximum(uu * ww - uw**2, 0.0))
-    args = np.broadcast_arrays(uu, ww, uw, np.asarray(cross, dtype=np.float64), gamma, c, eta_u, eta_w)
-    uu, ww, uw, cross, gamma, c, eta_u, eta_w = (x[..., None] for x in args)
-    a0, b0, c0, k, plus, minus, rate = _riccati(uu, ww, uw, gamma, c, eta_u, eta_w)
-    h = _growth(t, plus, minus, c, rate)
-    return _observables(h, a0, b0, c0, k, cross, gamma, c, eta_u, eta_w)
+    a0, b0, c0, k, plus, minus, rate, cross, gamma, c, eta_u, eta_w = _prepare(uu, ww, uw, cross, gamma, c, eta_u, eta_w)
+    return _observables(_growth(t, plus, minus, c, rate), a0, b0, c0, k, cross, gamma, c, eta_u, eta_w)
 
 
 def solve(t, u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0):
@@ -188,13 +191,7 @@ def final_state(uu, ww, uw, cross=None, *, gamma, c, eta_u=1.0, eta_w=1.0):
     Same arguments as :func:`solve_overlaps`; returns the observables with a
     trailing time axis of length 2: (t = 0, t = infinity).
     """
-    gamma, c, eta_u, eta_w = _hyper(gamma, c, eta_u, eta_w)
-    uu, ww, uw = (check_array(n, v) for n, v in (("|u0|^2", uu), ("|w0|^2", ww), ("u0.w0", uw)))
-    if cross is None:
-        cross = np.sqrt(np.maximum(uu * ww - uw**2, 0.0))
-    args = np.broadcast_arrays(uu, ww, uw, np.asarray(cross, dtype=np.float64), gamma, c, eta_u, eta_w)
-    uu, ww, uw, cross, gamma, c, eta_u, eta_w = (x[..., None] for x in args)
-    a0, b0, c0, k, plus, minus, rate = _riccati(uu, ww, uw, gamma, c, eta_u, eta_w)
+    a0, b0, c0, k, plus, minus, rate, cross, gamma, c, eta_u, eta_w = _prepare(uu, ww, uw, cross, gamma, c, eta_u, eta_w)
     h = np.concatenate([np.ones_like(plus), _fixed_point(plus, minus, c)], axis=-1)
     return _observables(h, a0, b0, c0, k, cross, gamma, c, eta_u, eta_w)
 
