@@ -33,7 +33,7 @@ class ThreeMechanisms(ChapterPreset):
 register(
     "three_mechanisms",
     ThreeMechanisms,
-    smoke=dict(widths=(10, 100), rescaling_widths=(1, 100), lr=0.01, records=50, n_seeds=2, theory_seeds=256,
+    smoke=dict(widths=(10, 100), rescaling_widths=(1, 100), lr=0.01, horizon=15.0, records=50, n_seeds=2, theory_seeds=256,
                grid_points=21, probe_width=100, digits_samples=128, digits_width=32, digits_steps=200),
     book=dict(),
     paper=dict(widths=(10, 100, 1000, 10000), rescaling_widths=(1, 10, 10000), n_seeds=8, theory_seeds=4096,
