@@ -1,0 +1,689 @@
+"""The K and P operators of a recurrent model's gradient flow, matrix-free.
+
+Take a recurrent model h_t = F(h_{t-1}, x_t; theta), t = 1..T, from a fixed
+h_0, with a loss L(h_1, ..., h_T) and error e_t = dL/dh_t. Gradient flow on
+theta moves the whole hidden trajectory as (Hazelden et al. 2025)
+
+    dh/dtau = - P K P* e,
+
+- K, the **parameter operator**: (K z)_s = sum_{s'} dF_s/dtheta (dF_{s'}/dtheta)^T z_{s'},
+  with dF_s/dtheta taken at the recorded (h_{t-1}, x_t) of every trial and time s;
+- P, the **linearised flow propagator**: (P z)_t = sum_{s<=t} Phi(t, s) z_s, with
+  Phi(t, s) = J_t J_{t-1} ... J_{s+1} and J_t = dF/dh at (h_{t-1}, x_t); it maps a
+  forcing added to every step to the change of the trajectory;
+- P*, its adjoint: backpropagation through time.
+
+Everything here is built from ``torch.func`` (jvp for P and J_theta, vjp for P*
+and J_theta^T), so no operator is ever stored as a matrix: P is the jvp of a
+forced rollout with respect to the forcing, P* its vjp, and K = J_theta
+J_theta^T evaluates the step on all (trial, time) pairs at once. Many probe
+tensors are pushed through together with ``vmap``.
+
+On top sit the leading spectra (randomised SVD), the partial Gram matrices
+the paper's effective ranks are read from (random +-1 probes), the effective
+rank and participation ratio, and the alignment of sub-task objectives.
+
+Shapes: inputs (B, T, n_in), hidden and every trajectory-shaped tensor
+(B, T, H); operators accept one tensor (B, T, H) or a stack (n, B, T, H).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp, vmap
+
+from .train import progress
+from .validation import check_choice, check_device, check_float, check_int
+
+# ---------------------------------------------------------------------------
+# Recurrent steps F(h, x; theta)
+# ---------------------------------------------------------------------------
+
+PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # nn.RNNCell / nn.GRUCell names
+
+
+class RNNStep(nn.Module):
+    """Vanilla RNN step h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (the equations and names of nn.RNNCell)."""
+
+    def __init__(self, n_in: int, n_hidden: int):
+        super().__init__()
+        self.n_in, self.n_hidden = check_int("n_in", n_in, low=1), check_int("n_hidden", n_hidden, low=1)
+        self.weight_ih = nn.Parameter(torch.zeros(n_hidden, n_in))
+        self.weight_hh = nn.Parameter(torch.zeros(n_hidden, n_hidden))
+        self.bias_ih = nn.Parameter(torch.zeros(n_hidden))
+        self.bias_hh = nn.Parameter(torch.zeros(n_hidden))
+
+    @staticmethod
+    def drive(theta, x):
+        """The input part of the step (all time steps at once in a rollout)."""
+        return x @ theta["weight_ih"].T + (theta["bias_ih"] + theta["bias_hh"])
+
+    @staticmethod
+    def recur(theta, h, drive):
+        """The recurrent part: the next h from h and the input drive."""
+        return torch.tanh(drive + h @ theta["weight_hh"].T)
+
+    def forward(self, h, x):
+        theta = {name: getattr(self, name) for name in PARAM_NAMES}
+        return self.recur(theta, h, self.drive(theta, x))
+
+
+class GRUStep(nn.Module):
+    """GRU step with the equations and parameter names of nn.GRUCell (gates r, z, n stacked in rows)."""
+
+    def __init__(self, n_in: int, n_hidden: int):
+        super().__init__()
+        self.n_in, self.n_hidden = check_int("n_in", n_in, low=1), check_int("n_hidden", n_hidden, low=1)
+        self.weight_ih = nn.Parameter(torch.zeros(3 * n_hidden, n_in))
+        self.weight_hh = nn.Parameter(torch.zeros(3 * n_hidden, n_hidden))
+        self.bias_ih = nn.Parameter(torch.zeros(3 * n_hidden))
+        self.bias_hh = nn.Parameter(torch.zeros(3 * n_hidden))
+
+    @staticmethod
+    def drive(theta, x):
+        """The input part of the step (all time steps at once in a rollout)."""
+        return x @ theta["weight_ih"].T + theta["bias_ih"]
+
+    @staticmethod
+    def recur(theta, h, drive):
+        """The recurrent part: the next h from h and the input drive."""
+        hidden = h.shape[-1]
+        d_rz, d_n = drive.split([2 * hidden, hidden], -1)
+        g_rz, g_n = (h @ theta["weight_hh"].T + theta["bias_hh"]).split([2 * hidden, hidden], -1)
+        r, z = torch.sigmoid(d_rz + g_rz).split([hidden, hidden], -1)
+        n = torch.tanh(d_n + r * g_n)
+        return n + z * (h - n)
+
+    def forward(self, h, x):
+        theta = {name: getattr(self, name) for name in PARAM_NAMES}
+        return self.recur(theta, h, self.drive(theta, x))
+
+
+STEPS = {"rnn": RNNStep, "gru": GRUStep}
+
+
+def make_step(kind: str, n_in: int, n_hidden: int) -> nn.Module:
+    """A vanilla RNN (``"rnn"``) or GRU (``"gru"``) step module."""
+    check_choice("kind", kind, tuple(STEPS))
+    return STEPS[kind](n_in, n_hidden)
+
+
+def init_params(
+    step: nn.Module,
+    n_out: int,
+    *,
+    n_networks: int = 1,
+    g=1.0,
+    seed: int = 0,
+    dtype=torch.float64,
+    device: str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Stacked parameters of ``n_networks`` step + linear-readout models.
+
+    Every weight and bias is uniform on +-1/sqrt(H) (PyTorch's default for
+    recurrent cells and linear layers), and the recurrent weights are then
+    multiplied by the init level ``g`` (a scalar or one value per network),
+    as in the paper's sweep over g. The readout is ``readout_w`` (n_out, H)
+    and ``readout_b`` (n_out,).
+    """
+    n_networks = check_int("n_networks", n_networks, low=1)
+    n_out = check_int("n_out", n_out, low=1)
+    check_device("device", device)
+    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    hidden = step.n_hidden
+    bound = 1.0 / math.sqrt(hidden)
+    shapes = {name: tuple(p.shape) for name, p in step.named_parameters()}
+    shapes.update(readout_w=(n_out, hidden), readout_b=(n_out,))
+    params = {
+        name: (torch.rand((n_networks, *shape), generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        for name, shape in shapes.items()
+    }
+    scale = torch.as_tensor(g, dtype=torch.float64)
+    if scale.ndim == 0:
+        scale = scale.expand(n_networks)
+    if scale.shape != (n_networks,) or not torch.all(torch.isfinite(scale)) or torch.any(scale < 0):
+        raise ValueError(f"g must be a scalar or {n_networks} values, each finite and >= 0; got {g!r}")
+    params["weight_hh"] = params["weight_hh"] * scale[:, None, None]
+    return {k: v.to(dtype=dtype, device=device) for k, v in params.items()}
+
+
+# ---------------------------------------------------------------------------
+# Rollouts and the model's loss
+# ---------------------------------------------------------------------------
+
+
+def step_params(step: nn.Module, params: dict) -> dict[str, torch.Tensor]:
+    """The entries of ``params`` that belong to ``step`` (the readout is dropped)."""
+    names = [name for name, _ in step.named_parameters()]
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"params is missing the step parameters {missing}; it has {sorted(params)}")
+    return {n: params[n] for n in names}
+
+
+def rollout(step: nn.Module, params: dict, inputs: torch.Tensor, h0=None, forcing=None) -> torch.Tensor:
+    """Hidden trajectory (B, T, H): h_t = F(h_{t-1}, x_t) + forcing_t, from h0 (zeros by default).
+
+    Written for one network and one batch, so it can be vmapped over stacked
+    parameters and differentiated with torch.func.
+    """
+    theta = step_params(step, params)
+    batch, steps = inputs.shape[0], inputs.shape[1]
+    h = inputs.new_zeros(batch, step.n_hidden) if h0 is None else h0
+    if hasattr(step, "drive") and hasattr(step, "recur"):
+        # fast path: the input part of every step in one product, only the recurrence in the loop
+        drives = step.drive(theta, inputs).unbind(1)
+
+        def advance(h, t):
+            return step.recur(theta, h, drives[t])
+    else:  # any module F(h, x): one functional call per step
+        xs = inputs.unbind(1)
+
+        def advance(h, t):
+            return functional_call(step, theta, (h, xs[t]))
+
+    pushes = forcing.unbind(1) if forcing is not None else None  # unbind, not [:, t]: a cheap backward
+    out = []
+    for t in range(steps):
+        h = advance(h, t)
+        if pushes is not None:
+            h = h + pushes[t]
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+def readout(params: dict, hidden: torch.Tensor) -> torch.Tensor:
+    """y_t = W h_t + b with ``readout_w`` and ``readout_b``."""
+    return hidden @ params["readout_w"].T + params["readout_b"]
+
+
+def mse_loss(step: nn.Module) -> Callable:
+    """``loss(params, inputs, targets)`` for ONE network: mean squared error of the readout over all entries."""
+
+    def loss(params, inputs, targets):
+        out = readout(params, rollout(step, params, inputs))
+        return ((out - targets) ** 2).mean()
+
+    return loss
+
+
+def hidden_error(params: dict, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """e = dL/dh for the mean-squared loss of :func:`mse_loss`, shape (B, T, H)."""
+    return torch.func.grad(lambda h: ((readout(params, h) - targets) ** 2).mean())(hidden)
+
+
+# ---------------------------------------------------------------------------
+# The operators
+# ---------------------------------------------------------------------------
+
+
+class KPFlow:
+    """The operators K, P, P* and P K P* of one model at one parameter point, on one batch of inputs.
+
+    >>> step = make_step("gru", 3, 8)
+    >>> params = {k: v[0] for k, v in init_params(step, 3).items()}
+    >>> ops = KPFlow(step, torch.randn(2, 5, 3, dtype=torch.float64), params)
+    >>> ops.hidden.shape
+    torch.Size([2, 5, 8])
+
+    ``params`` defaults to the module's own parameters (readout entries are
+    ignored); ``device`` moves everything there (``"cpu"``, ``"cuda"``, ...).
+    """
+
+    def __init__(self, step: nn.Module, inputs, params: dict | None = None, h0=None, device: str | None = None):
+        if not isinstance(step, nn.Module):
+            raise ValueError(f"step must be a torch.nn.Module F(h, x) -> next h; got {type(step).__name__}")
+        if not hasattr(step, "n_hidden"):
+            raise ValueError("step must expose n_hidden (the size of h), as RNNStep and GRUStep do")
+        inputs = torch.as_tensor(inputs)
+        if inputs.ndim != 3 or inputs.shape[0] < 1 or inputs.shape[1] < 1:
+            raise ValueError(f"inputs must have shape (trials, time, n_in) with trials, time >= 1; got {tuple(inputs.shape)}")
+        if not inputs.is_floating_point():
+            raise ValueError(f"inputs must be a floating-point tensor; got dtype {inputs.dtype}")
+        device = check_device("device", device) if device is not None else str(inputs.device)
+        dtype = inputs.dtype
+        if params is None:
+            params = dict(step.named_parameters())
+        self.step = step
+        self.params = {k: v.detach().to(device=device, dtype=dtype) for k, v in step_params(step, params).items()}
+        self.inputs = inputs.to(device)
+        batch, steps = inputs.shape[:2]
+        self.n_hidden = step.n_hidden
+        if h0 is None:
+            h0 = self.inputs.new_zeros(batch, self.n_hidden)
+        h0 = torch.as_tensor(h0).to(device=device, dtype=dtype)
+        if h0.shape != (batch, self.n_hidden):
+            raise ValueError(f"h0 must have shape ({batch}, {self.n_hidden}) (trials, hidden); got {tuple(h0.shape)}")
+        self.h0 = h0
+        self.shape = (batch, steps, self.n_hidden)
+        with torch.no_grad():
+            try:
+                probe = functional_call(step, self.params, (h0, self.inputs[:, 0]))
+            except (RuntimeError, TypeError) as err:
+                raise ValueError(f"step is not a recurrent step F(h, x) -> next h for h {tuple(h0.shape)} "
+                                 f"and x {tuple(self.inputs[:, 0].shape)}: {err}") from err
+            if not torch.is_tensor(probe) or probe.shape != h0.shape:
+                got = tuple(probe.shape) if torch.is_tensor(probe) else type(probe).__name__
+                raise ValueError(f"step must map h of shape {tuple(h0.shape)} to a next h of the same shape; got {got}")
+            self.hidden = rollout(step, self.params, self.inputs, h0)
+        self.h_prev = torch.cat([h0[:, None], self.hidden[:, :-1]], 1)
+
+    # -- plumbing ---------------------------------------------------------
+    def _check(self, z, name="z"):
+        z = torch.as_tensor(z)
+        if z.shape[-3:] != self.shape or z.ndim not in (3, 4):
+            raise ValueError(f"{name} must have shape {self.shape} (trials, time, hidden) or (n, *that); got {tuple(z.shape)}")
+        return z.to(device=self.hidden.device, dtype=self.hidden.dtype)
+
+    def _batched(self, fn, z, name="z"):
+        z = self._check(z, name)
+        return fn(z) if z.ndim == 3 else vmap(fn)(z)
+
+    def _forced(self, forcing):
+        return rollout(self.step, self.params, self.inputs, self.h0, forcing)
+
+    def _step_all(self, theta):
+        """F evaluated at every (trial, time) with the recorded h_{t-1}: a (B, T, H) function of theta."""
+        b, t, h = self.shape
+        flat = functional_call(self.step, theta, (self.h_prev.reshape(b * t, h), self.inputs.reshape(b * t, -1)))
+        return flat.reshape(b, t, h)
+
+    # -- P and P* ---------------------------------------------------------
+    def P(self, z):
+        """(P z)_t = sum_{s<=t} Phi(t, s) z_s: the jvp of the forced rollout in its forcing."""
+        zero = torch.zeros(self.shape, dtype=self.hidden.dtype, device=self.hidden.device)
+        return self._batched(lambda v: jvp(self._forced, (zero,), (v,))[1], z)
+
+    def P_adj(self, z):
+        """(P* z)_s = sum_{t>=s} Phi(t, s)^T z_t: backpropagation through time (the vjp of the forced rollout)."""
+        zero = torch.zeros(self.shape, dtype=self.hidden.dtype, device=self.hidden.device)
+        _, pullback = vjp(self._forced, zero)
+        return self._batched(lambda v: pullback(v)[0], z)
+
+    # -- J_theta, K -------------------------------------------------------
+    def J_theta(self, dtheta: dict):
+        """dF/dtheta . dtheta at every (trial, time): parameter perturbation -> forcing (B, T, H)."""
+        missing = set(self.params) - set(dtheta)
+        if missing:
+            raise ValueError(f"dtheta is missing the parameters {sorted(missing)}")
+        tangent = {k: torch.as_tensor(dtheta[k]).to(self.hidden) for k in self.params}
+        for k, v in tangent.items():
+            if v.shape != self.params[k].shape:
+                raise ValueError(f"dtheta[{k!r}] must have shape {tuple(self.params[k].shape)}; got {tuple(v.shape)}")
+        return jvp(self._step_all, (self.params,), (tangent,))[1]
+
+    def J_theta_adj(self, z):
+        """(dF/dtheta)^T z summed over trials and time: a dict shaped like the parameters."""
+        _, pullback = vjp(self._step_all, self.params)
+        return self._batched(lambda v: pullback(v)[0], z)
+
+    def K(self, z):
+        """K z = J_theta J_theta^T z, the parameter operator (self-adjoint, positive semi-definite)."""
+        _, pullback = vjp(self._step_all, self.params)
+        return self._batched(lambda v: jvp(self._step_all, (self.params,), (pullback(v)[0],))[1], z)
+
+    def K_adj(self, z):
+        """K* z; K is self-adjoint, so this is K z (kept for symmetry with P and P*)."""
+        return self.K(z)
+
+    def PKP(self, z):
+        """P K P* z, the hidden-state NTK: -lr P K P* e is the first-order change of h after one GD step."""
+        return self.P(self.K(self.P_adj(z)))
+
+    def PP(self, z):
+        """P P* z."""
+        return self.P(self.P_adj(z))
+
+    def gradient(self, e) -> dict:
+        """dL/dtheta = J_theta^T P* e for an error e = dL/dh of shape (B, T, H)."""
+        return self.J_theta_adj(self.P_adj(self._check(e, "e")))
+
+    def hidden_ntk(self, z):
+        """J J^T z with J = dh/dtheta through the whole rollout (an independent route to P K P*)."""
+        def h_of(theta):
+            return rollout(self.step, theta, self.inputs, self.h0)
+
+        _, pullback = vjp(h_of, self.params)
+        return self._batched(lambda v: jvp(h_of, (self.params,), (pullback(v)[0],))[1], z)
+
+    def operator(self, name: str) -> Callable:
+        """The bound method for ``"K"``, ``"P"``, ``"P_adj"``, ``"PKP"`` or ``"PP"``."""
+        check_choice("name", name, OPERATOR_NAMES)
+        return getattr(self, name)
+
+    def dense(self, name: str) -> torch.Tensor:
+        """The operator as a (BTH, BTH) matrix, from matrix-free products (toy sizes only)."""
+        size = math.prod(self.shape)
+        if size > 4096:
+            raise ValueError(f"dense() is for toy sizes: B*T*H must be <= 4096; got {size}")
+        eye = torch.eye(size, dtype=self.hidden.dtype, device=self.hidden.device).reshape(size, *self.shape)
+        return self.operator(name)(eye).reshape(size, size).T
+
+
+OPERATOR_NAMES = ("K", "P", "P_adj", "PKP", "PP")
+
+
+def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
+    """The operators as dense matrices built from autograd Jacobians (``torch.func.jacrev``), toy sizes only.
+
+    P = d h / d forcing, K = J_F J_F^T with J_F = dF/dtheta at the recorded
+    states, and P K P* = J_h J_h^T with J_h = dh/dtheta through the whole
+    rollout: an independent route to every product of :class:`KPFlow`.
+    """
+    size = math.prod(ops.shape)
+    if size > 4096:
+        raise ValueError(f"dense_reference is for toy sizes: B*T*H must be <= 4096; got {size}")
+    zero = torch.zeros(ops.shape, dtype=ops.hidden.dtype, device=ops.hidden.device)
+    prop = torch.func.jacrev(ops._forced)(zero).reshape(size, size)
+
+    def flat_jacobian(fn):
+        jac = torch.func.jacrev(fn)(ops.params)
+        return torch.cat([v.reshape(size, -1) for v in jac.values()], 1)
+
+    j_step = flat_jacobian(ops._step_all)
+    j_traj = flat_jacobian(lambda theta: rollout(ops.step, theta, ops.inputs, ops.h0))
+    return {"P": prop, "P_adj": prop.T, "K": j_step @ j_step.T, "PKP": j_traj @ j_traj.T, "PP": prop @ prop.T}
+
+
+# ---------------------------------------------------------------------------
+# Spectra, effective rank, participation ratio
+# ---------------------------------------------------------------------------
+
+
+def rademacher(n: int, shape, *, seed: int = 0, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
+    """``n`` random +-1 probes of ``shape`` (drawn on the CPU from ``seed``, so every device sees the same)."""
+    n = check_int("n", n, low=1)
+    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    signs = torch.randint(0, 2, (n, *shape), generator=gen).to(dtype) * 2 - 1
+    return signs.to(device)
+
+
+KEEP = {"hidden": 2, "time": 1, "trial": 0}
+
+
+def partial_gram(outputs: torch.Tensor, keep: str = "hidden") -> torch.Tensor:
+    """The Gram of an operator A seen through one index, from A applied to random probes.
+
+    ``outputs`` is A S for n random +-1 probes S, shape (n, B, T, H). Since
+    E[S S^T] = I, the estimate C = (1/n) sum_probes sum_{other indices} y y^T
+    is unbiased for the partial trace of A A* over the other indices. ``keep``
+    is ``"hidden"`` (H x H: the directions in state space that A's outputs
+    occupy), ``"time"`` (T x T) or ``"trial"`` (B x B). Its eigenvalues are the
+    squared singular values of A seen through that index.
+    """
+    check_choice("keep", keep, tuple(KEEP))
+    if outputs.ndim != 4:
+        raise ValueError(f"outputs must have shape (n_probes, trials, time, hidden); got {tuple(outputs.shape)}")
+    axis = KEEP[keep] + 1
+    y = outputs.movedim(axis, -1).reshape(-1, outputs.shape[axis])
+    return y.T @ y / outputs.shape[0]
+
+
+def gram_singular_values(gram: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending) of the operator behind a PSD Gram: sqrt of its eigenvalues."""
+    evals = torch.linalg.eigvalsh(gram).flip(-1)
+    return evals.clamp_min(0).sqrt()
+
+
+def effective_rank(singular_values, threshold: float = 0.95) -> torch.Tensor:
+    """The number of leading singular values that carry ``threshold`` of the squared spectrum.
+
+    The paper's effective rank (threshold 0.95). Works over any leading
+    (batch) dimensions; values are sorted inside.
+    """
+    threshold = check_float("threshold", threshold, low=0.0, high=1.0, strict_low=True)
+    s = torch.as_tensor(singular_values)
+    if s.ndim < 1 or s.shape[-1] < 1:
+        raise ValueError(f"singular_values must have at least one entry; got shape {tuple(s.shape)}")
+    power = (s.abs() ** 2).sort(dim=-1, descending=True).values
+    share = power.cumsum(-1) / power.sum(-1, keepdim=True).clamp_min(torch.finfo(power.dtype).tiny)
+    return (share < threshold - 1e-12).sum(-1) + 1
+
+
+def participation_ratio(singular_values) -> torch.Tensor:
+    """(sum s^2)^2 / sum s^4: the participation ratio of the squared spectrum."""
+    s2 = torch.as_tensor(singular_values) ** 2
+    return s2.sum(-1) ** 2 / (s2**2).sum(-1).clamp_min(torch.finfo(s2.dtype).tiny)
+
+
+def trajectory_singular_values(hidden: torch.Tensor) -> torch.Tensor:
+    """Singular values of the mean-centred (B*T, H) matrix of hidden states (PCA), over leading dims."""
+    hidden = torch.as_tensor(hidden)
+    if hidden.ndim < 3:
+        raise ValueError(f"hidden must have shape (..., trials, time, hidden); got {tuple(hidden.shape)}")
+    flat = hidden.reshape(*hidden.shape[:-3], -1, hidden.shape[-1])
+    return torch.linalg.svdvals(flat - flat.mean(-2, keepdim=True))
+
+
+def leading_spectrum(apply: Callable, shape, k: int, *, adjoint: Callable | None = None, oversample: int = 10,
+                     n_iter: int = 3, seed: int = 0, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
+    """Top-``k`` singular values of a matrix-free operator by randomised SVD (Halko et al. 2011).
+
+    ``apply`` maps a stack (n, *shape) to (n, *shape); ``adjoint`` is its
+    adjoint (omit it for a self-adjoint operator such as K or P K P*).
+    ``n_iter`` power iterations sharpen the leading values.
+    """
+    k = check_int("k", k, low=1)
+    n_iter = check_int("n_iter", n_iter, low=0)
+    oversample = check_int("oversample", oversample, low=0)
+    size = math.prod(shape)
+    width = min(k + oversample, size)
+    adjoint = apply if adjoint is None else adjoint
+    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    omega = torch.randn((width, *shape), generator=gen, dtype=dtype).to(device)
+
+    def orth(y):
+        return torch.linalg.qr(y.reshape(width, size).T).Q.T.reshape(width, *shape)
+
+    q = orth(apply(omega))
+    for _ in range(n_iter):
+        q = orth(apply(orth(adjoint(q))))
+    small = adjoint(q).reshape(width, size)  # rows: A* q_i, so small = Q^T A
+    return torch.linalg.svdvals(small)[:k]
+
+
+# ---------------------------------------------------------------------------
+# Alignment
+# ---------------------------------------------------------------------------
+
+
+def cosine_matrix(vectors) -> torch.Tensor:
+    """Pairwise cosines of the first-axis entries of ``vectors`` (each flattened)."""
+    v = torch.as_tensor(vectors)
+    if v.ndim < 2 or v.shape[0] < 1:
+        raise ValueError(f"vectors must have shape (n, ...) with n >= 1; got {tuple(v.shape)}")
+    flat = v.reshape(v.shape[0], -1)
+    norms = flat.norm(dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
+    unit = flat / norms[:, None]
+    return unit @ unit.T
+
+
+def task_alignment(ops: KPFlow, errors) -> torch.Tensor:
+    """cos(P K P* e_A, P K P* e_B) for every pair of sub-task errors ``errors`` (n_tasks, B, T, H).
+
+    e_A is the error of task A alone (zero on other tasks' trials); P K P* e_A
+    is the change of the whole hidden trajectory that task A's objective asks
+    for, so the matrix says which sub-task objectives pull the dynamics the
+    same way.
+    """
+    errors = ops._check(errors, "errors")
+    if errors.ndim != 4:
+        raise ValueError(f"errors must have shape (n_tasks, {', '.join(map(str, ops.shape))}); got {tuple(errors.shape)}")
+    return cosine_matrix(ops.PKP(errors))
+
+
+def pair_average(matrices, pairs) -> np.ndarray:
+    """Mean of ``matrices[..., a, b]`` over the index pairs (a, b) in ``pairs``."""
+    m = np.asarray(matrices)
+    if not pairs:
+        raise ValueError("pairs must hold at least one (a, b) pair")
+    return np.mean([m[..., a, b] for a, b in pairs], axis=0)
+
+
+def gradient_alignment(ops: KPFlow, errors) -> torch.Tensor:
+    """cos(dL_A/dtheta, dL_B/dtheta) for every pair of sub-task errors (n_tasks, B, T, H)."""
+    errors = ops._check(errors, "errors")
+    if errors.ndim != 4:
+        raise ValueError(f"errors must have shape (n_tasks, {', '.join(map(str, ops.shape))}); got {tuple(errors.shape)}")
+    grads = ops.J_theta_adj(ops.P_adj(errors))
+    return cosine_matrix(torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], 1))
+
+
+def operator_alignment(outputs_a: torch.Tensor, outputs_b: torch.Tensor) -> float:
+    """<A, B>_F / (|A|_F |B|_F) estimated from A S and B S on the same random probes S (n, ...)."""
+    if outputs_a.shape != outputs_b.shape:
+        raise ValueError(f"outputs_a and outputs_b must have the same shape; got {tuple(outputs_a.shape)} and {tuple(outputs_b.shape)}")
+    num = (outputs_a * outputs_b).sum()
+    return float(num / ((outputs_a**2).sum() * (outputs_b**2).sum()).sqrt())
+
+
+# ---------------------------------------------------------------------------
+# Along training: what to record, and the operators at each checkpoint
+# ---------------------------------------------------------------------------
+
+PARAM_PREFIX = "param/"
+
+
+def recorder(step: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Callable:
+    """``record(params)`` for :func:`learning_dynamics.train.train` (parameters stacked over networks).
+
+    Keeps, for every network, the loss on fixed evaluation trials, the
+    effective rank (95% of the variance) and participation ratio of the
+    hidden trajectories on them, and the parameters themselves (under
+    ``"param/<name>"``) so the operators can be rebuilt at every checkpoint.
+    """
+    loss = mse_loss(step)
+
+    def record(params):
+        with torch.no_grad():
+            hidden = vmap(lambda p: rollout(step, p, inputs))(params)
+            s = trajectory_singular_values(hidden)
+            out = {
+                "eval_loss": vmap(lambda p: loss(p, inputs, targets))(params),
+                "hidden_rank": effective_rank(s),
+                "hidden_pr": participation_ratio(s),
+            }
+        out.update({PARAM_PREFIX + k: v for k, v in params.items()})
+        return out
+
+    return record
+
+
+def checkpoint(records: dict, index: int, network: int, *, dtype=None, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The parameters of one network at one recorded step, from ``TrainResult.records``."""
+    names = [k for k in records if k.startswith(PARAM_PREFIX)]
+    if not names:
+        raise ValueError("records hold no parameters; train with record=recorder(...)")
+    return {k[len(PARAM_PREFIX):]: torch.as_tensor(records[k][index, network], dtype=dtype, device=device) for k in names}
+
+
+def operator_ranks(ops: KPFlow, *, n_probes: int = 32, seed: int = 0, keep: str = "time",
+                   threshold: float = 0.95) -> dict:
+    """Effective ranks of K, P and P K P* seen through one index, from random +-1 probes.
+
+    The estimator of the authors' scripts: push n random +-1 probes S through
+    each operator A, form the reduced Gram C (:func:`partial_gram`) and count
+    the leading eigenvalues of C that carry ``threshold`` of sum(eig^2).
+    Also returns the spectra (eigenvalues of C, descending) and the alignment
+    between P K P* and P P* (the authors' ``op_alignment``) on the same probes.
+    """
+    probes = rademacher(n_probes, ops.shape, seed=seed, dtype=ops.hidden.dtype, device=str(ops.hidden.device))
+    back = ops.P_adj(probes)
+    k_out = ops.K(torch.cat([probes, back]))
+    p_out = ops.P(torch.cat([probes, back, k_out[n_probes:]]))
+    outputs = {"K": k_out[:n_probes], "P": p_out[:n_probes], "PKP": p_out[2 * n_probes :]}
+    result = {"alignment_PKP_PP": operator_alignment(outputs["PKP"], p_out[n_probes : 2 * n_probes])}
+    for name, out in outputs.items():
+        evals = torch.linalg.eigvalsh(partial_gram(out, keep)).flip(-1).clamp_min(0)
+        result[name] = int(effective_rank(evals, threshold))
+        result[name + "_spectrum"] = evals.cpu().numpy()
+    return result
+
+
+def task_errors(params: dict, hidden: torch.Tensor, targets: torch.Tensor, task_index, n_tasks: int) -> torch.Tensor:
+    """e_A = dL/dh restricted to the trials of task A, stacked: (n_tasks, B, T, H)."""
+    task_index = torch.as_tensor(task_index, device=hidden.device)
+    if task_index.shape != hidden.shape[:1]:
+        raise ValueError(f"task_index must give one task per trial, shape ({hidden.shape[0]},); got {tuple(task_index.shape)}")
+    e = hidden_error(params, hidden, targets)
+    masks = task_index[None, :] == torch.arange(n_tasks, device=hidden.device)[:, None]
+    return e[None] * masks[:, :, None, None].to(e.dtype)
+
+
+def first_order_check(step: nn.Module, params: dict, inputs, targets, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, actual) change of the hidden trajectory after one GD step of size ``lr``.
+
+    predicted = -lr P K P* e; actual = h(theta - lr dL/dtheta) - h(theta).
+    """
+    lr = check_float("lr", lr, low=0.0, strict_low=True)
+    loss = mse_loss(step)
+    grads = torch.func.grad(loss)(params, inputs, targets)
+    moved = {k: v - lr * grads[k] for k, v in params.items()}
+    ops = KPFlow(step, inputs, params)
+    predicted = -lr * ops.PKP(hidden_error(params, ops.hidden, targets))
+    actual = rollout(step, moved, inputs) - ops.hidden
+    return predicted, actual
+
+
+def rank_history(step: nn.Module, records: dict, inputs, *, every: int = 1, n_probes: int = 32, seed: int = 0,
+                 keep: str = "time", threshold: float = 0.95, dtype=None, device: str = "cpu") -> dict:
+    """:func:`operator_ranks` of every network at every ``every``-th record of a training run.
+
+    Returns arrays indexed (checkpoint, network): ``K``, ``P``, ``PKP`` (effective
+    ranks), ``alignment_PKP_PP``, the ``index`` of the records used, and the
+    reduced-Gram spectra ``spectra[name]`` (checkpoint, network, size).
+    """
+    every = check_int("every", every, low=1)
+    n_records = next(iter(records.values())).shape[0]
+    n_nets = next(v for k, v in records.items() if k.startswith(PARAM_PREFIX)).shape[1]
+    index = sorted(set(range(0, n_records, every)) | {n_records - 1})
+    inputs = torch.as_tensor(inputs).to(device=device, dtype=dtype)
+    rows = []
+    for i in progress(index, desc="operators along training"):
+        rows.append([operator_ranks(KPFlow(step, inputs, checkpoint(records, i, n, dtype=inputs.dtype, device=device)),
+                                    n_probes=n_probes, seed=seed, keep=keep, threshold=threshold)
+                     for n in range(n_nets)])
+    out = {"index": np.array(index)}
+    for name in ("K", "P", "PKP", "alignment_PKP_PP"):
+        out[name] = np.array([[r[name] for r in row] for row in rows])
+    out["spectra"] = {name: np.array([[r[name + "_spectrum"] for r in row] for row in rows]) for name in ("K", "P", "PKP")}
+    return out
+
+
+def alignment_history(step: nn.Module, records: dict, inputs, targets, task_index, n_tasks: int, *,
+                      dtype=None, device: str = "cpu") -> dict:
+    """Sub-task alignment matrices of every network at every record of a multi-task run.
+
+    Returns arrays (checkpoint, network, n_tasks, n_tasks):
+    ``hidden`` (cosine between the tasks' hidden trajectories, trial by trial),
+    ``objective`` (:func:`task_alignment`, through P K P*) and ``gradient``
+    (:func:`gradient_alignment`). Trials of every task must come in the same
+    order, as :func:`learning_dynamics.tasks.recurrent.memory_multitask` makes them.
+    """
+    inputs = torch.as_tensor(inputs).to(device=device, dtype=dtype)
+    targets = torch.as_tensor(targets).to(device=device, dtype=inputs.dtype)
+    task_index = torch.as_tensor(task_index, device=device)
+    counts = torch.bincount(task_index, minlength=n_tasks)
+    if len(counts) != n_tasks or bool((counts != counts[0]).any()):
+        raise ValueError(f"task_index must hold every one of the {n_tasks} tasks equally often; got counts {counts.tolist()}")
+    n_records = next(iter(records.values())).shape[0]
+    n_nets = next(v for k, v in records.items() if k.startswith(PARAM_PREFIX)).shape[1]
+    out = {"hidden": [], "objective": [], "gradient": []}
+    for i in progress(range(n_records), desc="task alignment along training"):
+        row = {k: [] for k in out}
+        for n in range(n_nets):
+            params = checkpoint(records, i, n, dtype=inputs.dtype, device=device)
+            ops = KPFlow(step, inputs, params)
+            errors = task_errors(params, ops.hidden, targets, task_index, n_tasks)
+            by_task = torch.stack([ops.hidden[task_index == k] for k in range(n_tasks)])
+            row["hidden"].append(cosine_matrix(by_task))
+            row["objective"].append(task_alignment(ops, errors))
+            row["gradient"].append(gradient_alignment(ops, errors))
+        for k in out:
+            out[k].append(torch.stack(row[k]).cpu().numpy())
+    return {k: np.stack(v) for k, v in out.items()}

@@ -1,0 +1,56 @@
+"""Presets of the KPFlow chapter (Hazelden et al. 2025): dynamic collapse and multi-task alignment."""
+
+from dataclasses import dataclass
+
+from . import ChapterPreset, param, register
+
+
+@dataclass(frozen=True)
+class KPFlowPreset(ChapterPreset):
+    # Experiment 1: a GRU on memory-pro, one network per init level g
+    cell: str = param("gru", choices=("gru", "rnn"), help="recurrent step F: GRU (the paper's) or vanilla tanh RNN")
+    hidden: int = param(64, low=2, high=2048, help="hidden size H")
+    t_stim: int = param(15, low=1, help="stimulus period (steps)")
+    t_memory: int = param(15, low=0, help="memory period (steps)")
+    t_response: int = param(20, low=1, help="response period (steps)")
+    g_values: tuple = param((0.01, 1.0, 5.0), help="init levels g of the recurrent weights, one network (panel) each")
+    batch: int = param(32, low=1, help="fresh noisy trials per Adam step")
+    steps: int = param(300, low=1, help="Adam steps")
+    lr: float = param(5e-3, low=0.0, strict_low=True, help="Adam learning rate")
+    record_every: int = param(10, low=1, help="record hidden-state ranks every this many steps")
+    analysis_every: int = param(5, low=1, help="rebuild the operators at every this-many-th record")
+    eval_trials: int = param(8, low=1, help="noise-free evaluation trials (evenly spaced angles)")
+    n_probes: int = param(32, low=2, help="random +-1 probes per effective-rank estimate")
+    spectrum_k: int = param(20, low=2, help="leading singular values of the full operators (randomised SVD)")
+    # Operator checks (float64)
+    check_hidden: int = param(5, low=1, high=16, help="hidden size of the toy model checked against dense Jacobians")
+    check_steps: int = param(6, low=1, high=20, help="time steps of the toy model")
+    check_trials: int = param(2, low=1, high=8, help="trials of the toy model")
+    fo_lr: float = param(1e-4, low=0.0, strict_low=True, help="GD step of the first-order check")
+    fo_points: int = param(11, low=3, high=100, help="learning rates from 1e-6 to 0.1 in the error-vs-step scan")
+    # Experiment 2: four related tasks (MP, MA, DP, DA) in one GRU
+    mt_hidden: int = param(64, low=2, high=2048, help="hidden size of the multi-task GRU")
+    mt_t_context: int = param(3, low=1, help="context period carrying the task cue")
+    mt_t_stim: int = param(6, low=1, help="stimulus period")
+    mt_t_memory: int = param(6, low=0, help="memory period")
+    mt_t_response: int = param(8, low=1, help="response period")
+    mt_batch: int = param(64, low=4, help="trials per Adam step (split evenly over the four tasks)")
+    mt_steps: int = param(500, low=1, help="Adam steps")
+    mt_lr: float = param(5e-3, low=0.0, strict_low=True, help="Adam learning rate")
+    mt_seeds: int = param(2, low=1, help="independent multi-task networks")
+    mt_record_every: int = param(25, low=1, help="alignment matrices every this many steps")
+    mt_eval_per_task: int = param(8, low=1, help="noise-free evaluation trials per task")
+
+
+register(
+    "kpflow",
+    KPFlowPreset,
+    smoke=dict(hidden=24, t_stim=5, t_memory=5, t_response=6, steps=120, lr=1e-2, record_every=10, analysis_every=4,
+               eval_trials=4, n_probes=8, spectrum_k=10, fo_points=6, mt_hidden=64, mt_steps=150, mt_lr=1e-2,
+               mt_seeds=1, mt_record_every=20, mt_batch=32, mt_eval_per_task=4),
+    book=dict(),
+    paper=dict(hidden=256, t_stim=30, t_memory=30, t_response=30, g_values=(1e-5, 0.065, 5.0), batch=500,
+               steps=10000, lr=1e-3, record_every=100, analysis_every=4, eval_trials=20, n_probes=100, spectrum_k=50,
+               mt_hidden=256, mt_t_context=30, mt_t_stim=30, mt_t_memory=30, mt_t_response=30, mt_batch=500,
+               mt_steps=5000, mt_lr=1e-3, mt_seeds=20, mt_record_every=50, mt_eval_per_task=50),
+)
