@@ -358,3 +358,62 @@ def aligned_kernel_distance(t, lam, x, y, scale):
     u0 = np.full(target_svals.shape, np.sqrt(scale))
     grams = [aligned_layer_grams(time, lam, target_svals / scale, u0, u, vt.T) for time in (0.0, t)]
     return grams_kernel_distance(grams[0], grams[1], x)
+
+
+# ---------------------------------------------------------------------------
+# Deeper chains: one balanced mode of an L-weight-layer network (Saxe et al. 2014)
+# ---------------------------------------------------------------------------
+
+
+def deep_mode_time(u, target, u0, depth, rate=1.0):
+    """Time for one balanced mode of a depth-L chain to grow from u0 to u.
+
+    The product u of L balanced layer strengths obeys
+    du/dt = rate L u^(2 - 2/L) (s - u) (Saxe et al. 2014, Eq. 15, with
+    N_l - 1 = L). With v = u^(1/L) the integral is elementary:
+
+        rate s t = [v^(2-L)/(2-L) + v^2/(2s) 2F1(1, 2/L; 1 + 2/L; v^L/s)]_{v0}^{v},
+
+    with the first term read as ln v when L = 2 (the sigmoid of
+    :func:`sigmoid_half_time`). Requires 0 < u0 <= u < s.
+    """
+    from scipy.special import hyp2f1
+
+    depth = check_int("depth", depth, low=2)
+    u, target, u0, rate = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (u, target, u0, rate)))
+    if np.any(target <= 0) or np.any(u0 <= 0) or np.any(u0 > u) or np.any(u >= target):
+        raise ValueError("deep_mode_time needs 0 < u0 <= u < target")
+
+    def antiderivative(x):
+        v = x ** (1.0 / depth)
+        first = np.log(v) if depth == 2 else v ** (2 - depth) / (2 - depth)
+        return first + v**2 / (2 * target) * hyp2f1(1.0, 2.0 / depth, 1.0 + 2.0 / depth, x / target)
+
+    return (antiderivative(u) - antiderivative(u0)) / (rate * target)
+
+
+def deep_mode(t, target, u0, depth, rate=1.0):
+    """u(t) of one balanced depth-L mode from u0 (the inverse of :func:`deep_mode_time`).
+
+    Depth 2 is :func:`sigmoid_mode`; deeper chains invert the exact time
+    integral by bisection in logit(u/s), to machine precision.
+    """
+    depth = check_int("depth", depth, low=2)
+    if depth == 2:
+        return sigmoid_mode(t, target, u0, rate)
+    t, target, u0, rate = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (t, target, u0, rate)))
+    if np.any(t < 0):
+        raise ValueError("t must be >= 0")
+    if np.any(target <= 0) or np.any(u0 <= 0) or np.any(u0 >= target):
+        raise ValueError("deep_mode needs 0 < u0 < target")
+    lo = np.log(u0 / (target - u0))  # logit of the fraction learned
+    hi = np.full_like(lo, 40.0)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        frac = 1.0 / (1.0 + np.exp(-mid))
+        u = np.maximum(target * frac, u0)
+        late = deep_mode_time(np.minimum(u, np.nextafter(target, 0)), target, u0, depth, rate) > t
+        hi, lo = np.where(late, mid, hi), np.where(late, lo, mid)
+        if np.all(hi - lo < 1e-13):
+            break
+    return target / (1.0 + np.exp(-(lo + hi) / 2))

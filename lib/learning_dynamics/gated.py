@@ -1,0 +1,731 @@
+"""Gated deep linear networks and the neural race reduction (Saxe, Sodhani & Lewallen 2022).
+
+A gated deep linear network (GDLN) is a directed acyclic graph: nodes are
+layers of linear units and edges are weight matrices. Every node v and edge e
+carries a gate, g_v and g_e in {0, 1} (any real value is allowed), which
+depends on the sample. A node's activity is
+
+    h_v = g_v sum_{e into v} g_e W_e h_source(e),     h_v = g_v x_v at input nodes,
+
+so an output node sums over the pathways p that reach it,
+y_hat = sum_p g_p W_p x_p, with g_p the product of the gates and W_p the product
+of the weights along p. Each pathway is linear; the gating makes the network a
+nonlinear function of its input.
+
+With samples n of weight w_n and the loss L = 1/2 sum_n w_n sum_v |y_v - y_hat_v|^2,
+gradient flow (time t = learning rate x steps) depends on the data only through
+the gated correlations
+
+    Sigma_yx(p) = sum_n w_n g_p y x_p^T,      Sigma_xx(q, p) = sum_n w_n g_q g_p x_q x_p^T.
+
+When every Sigma_yx(p) = U S_p V^T and Sigma_xx(q, p) = V D_qp V^T share singular
+vectors, and the weights start aligned with them (W_e = R_t diag(b_e) R_s^T),
+every edge stays diagonal and each mode alpha follows the scalar ODEs
+
+    db_e/dt = sum_{p through e} (prod_{e' in p, e' != e} b_e') (s_p - sum_q d_qp pi_q),
+
+with pi_p the product of the b's along p: the neural race reduction. All
+pathways feed one error, so they race; a pathway that is active in many
+contexts collects gradient from all of them and wins.
+
+Where the pathways through a chain of edges are all equivalent, the race
+collapses to one chain ODE db_e/dt = w_e prod_{e' != e} b_e' (s - pi)
+(:func:`chain_solve`), solved in closed form when b_e^2 / w_e is the same for
+every edge (Saxe et al. 2014; :func:`learning_dynamics.linear.deep_mode`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+from . import linear
+from .train import TrainResult, train
+from .validation import check_array, check_int, check_positive
+
+# ---------------------------------------------------------------------------
+# The graph
+# ---------------------------------------------------------------------------
+
+
+class GDLN:
+    """A gated deep linear network: named nodes (widths) joined by named edges.
+
+    ``nodes`` maps a node name to its width; ``edges`` maps an edge name to a
+    ``(source, target)`` pair of node names. Input nodes are those without
+    incoming edges, output nodes those without outgoing edges. The graph must
+    be acyclic and every edge must join two declared nodes; otherwise a
+    ``ValueError`` names the problem.
+
+    >>> net = GDLN({"x": 3, "h": 5, "y": 2}, {"W1": ("x", "h"), "W2": ("h", "y")})
+    >>> net.pathways
+    (('W1', 'W2'),)
+    """
+
+    def __init__(self, nodes: dict[str, int], edges: dict[str, tuple[str, str]]):
+        if not isinstance(nodes, dict) or not nodes:
+            raise ValueError(f"nodes must be a non-empty dict of name -> width; got {nodes!r}")
+        if not isinstance(edges, dict) or not edges:
+            raise ValueError(f"edges must be a non-empty dict of name -> (source, target); got {edges!r}")
+        self.nodes = {str(name): check_int(f"width of node {name!r}", width, low=1) for name, width in nodes.items()}
+        self.edges: dict[str, tuple[str, str]] = {}
+        for name, pair in edges.items():
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                raise ValueError(f"edge {name!r} must be a (source, target) pair; got {pair!r}")
+            for end in pair:
+                if end not in self.nodes:
+                    raise ValueError(f"edge {name!r} is dangling: node {end!r} does not exist (nodes: {', '.join(self.nodes)})")
+            self.edges[str(name)] = (pair[0], pair[1])
+        touched = {v for pair in self.edges.values() for v in pair}
+        isolated = [v for v in self.nodes if v not in touched]
+        if isolated:
+            raise ValueError(f"node(s) {isolated} have no edges; every node must lie on a pathway")
+        self.order = self._topological_order()
+        self.inputs = tuple(v for v in self.order if not self.incoming(v))
+        self.outputs = tuple(v for v in self.order if not self.outgoing(v))
+        self.pathways = self._enumerate_pathways()
+
+    def incoming(self, node: str) -> list[str]:
+        return [e for e, (_, t) in self.edges.items() if t == node]
+
+    def outgoing(self, node: str) -> list[str]:
+        return [e for e, (s, _) in self.edges.items() if s == node]
+
+    def edge_shape(self, edge: str) -> tuple[int, int]:
+        """(width of target, width of source): the weight matrix maps source to target."""
+        source, target = self.edges[edge]
+        return self.nodes[target], self.nodes[source]
+
+    def source(self, pathway) -> str:
+        return self.edges[pathway[0]][0]
+
+    def target(self, pathway) -> str:
+        return self.edges[pathway[-1]][1]
+
+    def pathway_nodes(self, pathway) -> tuple[str, ...]:
+        return (self.source(pathway),) + tuple(self.edges[e][1] for e in pathway)
+
+    def _topological_order(self) -> tuple[str, ...]:
+        indegree = {v: 0 for v in self.nodes}
+        for _, t in self.edges.values():
+            indegree[t] += 1
+        ready = [v for v in self.nodes if indegree[v] == 0]
+        order = []
+        while ready:
+            v = ready.pop(0)
+            order.append(v)
+            for e in self.outgoing(v):
+                t = self.edges[e][1]
+                indegree[t] -= 1
+                if indegree[t] == 0:
+                    ready.append(t)
+        if len(order) < len(self.nodes):
+            stuck = [v for v in self.nodes if v not in order]
+            raise ValueError(f"the graph has a cycle through node(s) {stuck}; a GDLN must be acyclic")
+        return tuple(order)
+
+    def _enumerate_pathways(self) -> tuple[tuple[str, ...], ...]:
+        paths = []
+
+        def walk(node, prefix):
+            out = self.outgoing(node)
+            if not out:
+                paths.append(tuple(prefix))
+            for e in out:
+                walk(self.edges[e][1], prefix + [e])
+
+        for v in self.inputs:
+            walk(v, [])
+        return tuple(paths)
+
+    def __repr__(self) -> str:
+        return f"GDLN({len(self.nodes)} nodes, {len(self.edges)} edges, {len(self.pathways)} pathways)"
+
+
+# ---------------------------------------------------------------------------
+# Data: inputs, targets, gates and sample weights
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatedData:
+    """Samples for a GDLN: arrays with the sample index first.
+
+    ``inputs[v]`` (N, width) for every input node, ``targets[v]`` (N, width) for
+    every output node (zero wherever the output node is gated off),
+    ``node_gates`` / ``edge_gates`` (N,) for any node or edge (missing ones are
+    always on) and ``weights`` (N,), the weight of each sample in the loss.
+    Build it with :func:`gated_data`, which validates everything.
+    """
+
+    inputs: dict[str, np.ndarray]
+    targets: dict[str, np.ndarray]
+    node_gates: dict[str, np.ndarray]
+    edge_gates: dict[str, np.ndarray]
+    weights: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.weights)
+
+
+def gated_data(net: GDLN, inputs: dict, targets: dict, *, node_gates: dict | None = None,
+               edge_gates: dict | None = None, weights=None) -> GatedData:
+    """Validate and complete a dataset for ``net`` (see :class:`GatedData`)."""
+    node_gates, edge_gates = dict(node_gates or {}), dict(edge_gates or {})
+    for name, expected, given in (("inputs", net.inputs, inputs), ("targets", net.outputs, targets)):
+        if set(given) != set(expected):
+            raise ValueError(f"{name} must hold exactly the nodes {list(expected)}; got {sorted(given)}")
+    n = len(next(iter(inputs.values())))
+    arrays = {}
+    for kind, given in (("inputs", inputs), ("targets", targets)):
+        arrays[kind] = {}
+        for v, a in given.items():
+            a = check_array(f"{kind}[{v!r}]", a, ndim=2)
+            if a.shape != (n, net.nodes[v]):
+                raise ValueError(f"{kind}[{v!r}] must have shape (N, width) = ({n}, {net.nodes[v]}); got {a.shape}")
+            arrays[kind][v] = a
+    gates = {}
+    for kind, known, given in (("node", net.nodes, node_gates), ("edge", net.edges, edge_gates)):
+        unknown = [k for k in given if k not in known]
+        if unknown:
+            raise ValueError(f"{kind} gates given for unknown {kind}(s) {unknown}")
+        gates[kind] = {}
+        for k in known:
+            g = check_array(f"gate of {kind} {k!r}", given.get(k, np.ones(n)))
+            if g.shape != (n,):
+                raise ValueError(f"gate of {kind} {k!r} must have shape (N,) = ({n},), one value per sample; got {g.shape}")
+            gates[kind][k] = g
+    weights = check_array("weights", np.ones(n) if weights is None else weights, ndim=1)
+    if weights.shape != (n,) or np.any(weights < 0):
+        raise ValueError(f"weights must be >= 0 with shape ({n},); got shape {weights.shape}")
+    for v in net.outputs:
+        if np.any((gates["node"][v] == 0)[:, None] & (arrays["targets"][v] != 0)):
+            raise ValueError(f"targets[{v!r}] must be zero where output node {v!r} is gated off")
+    return GatedData(arrays["inputs"], arrays["targets"], gates["node"], gates["edge"], weights)
+
+
+def pathway_gates(net: GDLN, data: GatedData) -> np.ndarray:
+    """g_p per sample and pathway, shape (N, P): the product of node and edge gates along p."""
+    out = np.ones((data.n_samples, len(net.pathways)))
+    for k, p in enumerate(net.pathways):
+        for v in net.pathway_nodes(p):
+            out[:, k] *= data.node_gates[v]
+        for e in p:
+            out[:, k] *= data.edge_gates[e]
+    return out
+
+
+@dataclass(frozen=True)
+class Correlations:
+    """Gated correlations: ``yx[p]`` (out x in) and ``xx[(q, p)]`` for pathways q, p into one output node."""
+
+    yx: list[np.ndarray]
+    xx: dict[tuple[int, int], np.ndarray]
+
+
+def gated_correlations(net: GDLN, data: GatedData) -> Correlations:
+    """Sigma_yx(p) = sum_n w g_p y x_p^T and Sigma_xx(q, p) = sum_n w g_q g_p x_q x_p^T."""
+    g = pathway_gates(net, data) * data.weights[:, None]
+    gates = pathway_gates(net, data)
+    yx = [np.einsum("n,ni,nj->ij", g[:, k], data.targets[net.target(p)], data.inputs[net.source(p)])
+          for k, p in enumerate(net.pathways)]
+    xx = {}
+    for q, pq in enumerate(net.pathways):
+        for k, p in enumerate(net.pathways):
+            if net.target(pq) == net.target(p):
+                xx[(q, k)] = np.einsum("n,ni,nj->ij", g[:, k] * gates[:, q],
+                                       data.inputs[net.source(pq)], data.inputs[net.source(p)])
+    return Correlations(yx, xx)
+
+
+# ---------------------------------------------------------------------------
+# Full gradient descent on the gated network (batched over networks)
+# ---------------------------------------------------------------------------
+
+
+def data_tensors(net: GDLN, data: GatedData | list[GatedData], n_networks: int | None = None, device="cpu") -> tuple:
+    """The tuple of tensors :func:`loss_function` expects, with the network dimension in front.
+
+    Give one dataset (shared by ``n_networks`` networks, without copying) or a
+    list with one dataset per network (all with the same number of samples).
+    """
+    datasets = data if isinstance(data, list) else [data]
+    sizes = {d.n_samples for d in datasets}
+    if len(sizes) != 1:
+        raise ValueError(f"every network's data needs the same number of samples; got {sorted(sizes)}")
+
+    def stack(get):
+        return torch.as_tensor(np.stack([get(d) for d in datasets]), dtype=torch.float64, device=device)
+
+    parts = [stack(lambda d, v=v: d.inputs[v]) for v in net.inputs]
+    parts += [stack(lambda d, v=v: d.targets[v]) for v in net.outputs]
+    parts.append(stack(lambda d: np.stack([d.node_gates[v] for v in net.order], axis=-1)))
+    parts.append(stack(lambda d: np.stack([d.edge_gates[e] for e in net.edges], axis=-1)))
+    parts.append(stack(lambda d: d.weights))
+    if isinstance(data, list):
+        if n_networks is not None and n_networks != len(datasets):
+            raise ValueError(f"n_networks ({n_networks}) must equal the number of datasets ({len(datasets)})")
+        return tuple(parts)
+    n_networks = check_int("n_networks", 1 if n_networks is None else n_networks, low=1)
+    return tuple(p.expand(n_networks, *p.shape[1:]) for p in parts)
+
+
+def forward(net: GDLN, params: dict[str, torch.Tensor], *batch) -> list[torch.Tensor]:
+    """Outputs of ONE network (one tensor (N, width) per output node) on a batch from :func:`data_tensors`."""
+    n_in, n_out = len(net.inputs), len(net.outputs)
+    xs, node_gates, edge_gates = batch[:n_in], batch[n_in + n_out], batch[n_in + n_out + 1]
+    edge_index = {e: k for k, e in enumerate(net.edges)}
+    h = {}
+    for k, v in enumerate(net.order):
+        if v in net.inputs:
+            total = xs[net.inputs.index(v)]
+        else:
+            total = sum(edge_gates[..., edge_index[e], None] * (h[net.edges[e][0]] @ params[e].transpose(-1, -2))
+                        for e in net.incoming(v))
+        h[v] = node_gates[..., k, None] * total
+    return [h[v] for v in net.outputs]
+
+
+def loss_function(net: GDLN):
+    """The loss 1/2 sum_n w_n sum_v |y_v - y_hat_v|^2, per network (broadcasts over leading dimensions)."""
+    n_in, n_out = len(net.inputs), len(net.outputs)
+
+    def loss(params, *batch):
+        targets, weights = batch[n_in:n_in + n_out], batch[-1]
+        outputs = forward(net, params, *batch)
+        return 0.5 * sum((weights[..., None] * (y - y_hat) ** 2).sum((-1, -2)) for y, y_hat in zip(targets, outputs))
+
+    return loss
+
+
+def errors(net: GDLN, params: dict[str, torch.Tensor], batch: tuple, groups=None, n_groups: int | None = None) -> torch.Tensor:
+    """1/2 |y - y_hat|^2 per network and sample (unweighted), or summed per group of samples.
+
+    ``batch`` comes from :func:`data_tensors`; ``groups`` gives each sample's
+    group id (for example its (input, output) module pair). Returns a tensor of
+    shape (networks, N) or (networks, n_groups).
+    """
+    n_in, n_out = len(net.inputs), len(net.outputs)
+    with torch.no_grad():
+        outputs = forward(net, params, *batch)
+        per_sample = 0.5 * sum(((y - y_hat) ** 2).sum(-1) for y, y_hat in zip(batch[n_in:n_in + n_out], outputs))
+    if groups is None:
+        return per_sample
+    groups = np.asarray(groups)
+    onehot = np.zeros((len(groups), int(n_groups or groups.max() + 1)))
+    onehot[np.arange(len(groups)), groups] = 1.0
+    return per_sample @ torch.as_tensor(onehot, dtype=per_sample.dtype, device=per_sample.device)
+
+
+def correlation_batch(net: GDLN, data: GatedData | list[GatedData], n_networks: int | None = None, device="cpu"):
+    """The gated correlations as tensors for :func:`correlation_loss`, with the network dimension in front.
+
+    Pathways are grouped by output node, and only those with a non-zero
+    correlation in some network are kept. Returns ``(groups, tensors)``:
+    ``groups`` lists the kept pathway indices per output node, and ``tensors``
+    is (constant, then per group the Sigma_yx of its pathways side by side and
+    the block matrix of their Sigma_xx).
+    """
+    datasets = data if isinstance(data, list) else [data]
+    corrs = [gated_correlations(net, d) for d in datasets]
+
+    def stack(values):
+        return torch.as_tensor(np.stack(values), dtype=torch.float64, device=device)
+
+    groups, tensors = [], [stack([0.5 * sum((d.weights[:, None] * d.targets[v] ** 2).sum() for v in net.outputs)
+                                  for d in datasets])]
+    for v in net.outputs:
+        into = [k for k, p in enumerate(net.pathways) if net.target(p) == v]
+        kept = [k for k in into if any(np.any(c.yx[k]) or any(np.any(c.xx[(q, k)]) for q in into) for c in corrs)]
+        if not kept:
+            continue
+        groups.append(kept)
+        tensors.append(stack([np.concatenate([c.yx[k] for k in kept], axis=1) for c in corrs]))
+        tensors.append(stack([np.block([[c.xx[(q, k)] for k in kept] for q in kept]) for c in corrs]))
+    if not isinstance(data, list):
+        n_networks = check_int("n_networks", 1 if n_networks is None else n_networks, low=1)
+        tensors = [t.expand(n_networks, *t.shape[1:]) for t in tensors]
+    return groups, tuple(tensors)
+
+
+def correlation_loss(net: GDLN, groups):
+    """The same loss as :func:`loss_function`, written through the gated correlations only.
+
+    L = c - sum_p <W_p, Sigma_yx(p)> + 1/2 sum_{q,p} <W_q Sigma_xx(q,p), W_p>, with
+    c = 1/2 sum_n w_n |y_n|^2: the learning dynamics see the data only through
+    these correlations. The pathways into one output node are handled side by
+    side ([W_p1, W_p2, ...] against block matrices), and pathway products share
+    their common prefixes. Takes the tensors of :func:`correlation_batch`;
+    broadcasts over leading (network) dimensions and returns one loss per network.
+    """
+
+    def loss(params, constant, *corr):
+        cache = {}
+
+        def product(path):
+            if path not in cache:
+                w = params[path[-1]]
+                cache[path] = w if len(path) == 1 else w @ product(path[:-1])
+            return cache[path]
+
+        total = constant
+        for g, group in enumerate(groups):
+            yx, xx = corr[2 * g], corr[2 * g + 1]
+            w = torch.cat([product(net.pathways[k]) for k in group], dim=-1)
+            total = total - (w * yx).sum((-1, -2)) + 0.5 * ((w @ xx) * w).sum((-1, -2))
+        return total
+
+    return loss
+
+
+def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, lr, record=None,
+               record_every: int = 1, seed: int = 0, desc: str = "gated network") -> TrainResult:
+    """Full-batch gradient descent of stacked GDLNs (leading network dimension) via :func:`train`.
+
+    ``data`` is one :class:`GatedData` shared by all networks or a list with one
+    per network. The loss is :func:`correlation_loss` (identical to the
+    per-sample loss, cheaper). Time is t = lr x step.
+    """
+    n = next(iter(params.values())).shape[0]
+    device = next(iter(params.values())).device
+    groups, batch = correlation_batch(net, data, None if isinstance(data, list) else n, device=device)
+    return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,
+                 record_every=record_every, seed=seed, desc=desc, batched_loss=True)
+
+
+# ---------------------------------------------------------------------------
+# Initialisation
+# ---------------------------------------------------------------------------
+
+
+def orthogonal_init(net: GDLN, scale: float | np.ndarray, n_networks: int, seed: int, device="cpu") -> dict[str, torch.Tensor]:
+    """Random (semi-)orthogonal weights times ``scale``: every singular value of every W_e equals scale.
+
+    ``scale`` may be one value per network. Each draw is Haar-distributed
+    (QR of a Gaussian with the sign of diag(R) fixed).
+    """
+    n_networks = check_int("n_networks", n_networks, low=1)
+    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    scale = torch.as_tensor(check_array("scale", np.broadcast_to(scale, (n_networks,)), positive=True).copy())
+    params = {}
+    for e in net.edges:
+        rows, cols = net.edge_shape(e)
+        tall = torch.randn(n_networks, max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
+        q, r = torch.linalg.qr(tall)
+        q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+        w = q if rows >= cols else q.transpose(-1, -2)
+        params[e] = (scale[:, None, None] * w).to(device)
+    return params
+
+
+def node_bases(net: GDLN, modes_in: dict, modes_out: dict, seed: int) -> dict[str, np.ndarray]:
+    """An orthonormal basis R_v (width x r) per node: the data's V at inputs, U at outputs, random elsewhere."""
+    rank = {np.asarray(m).shape[1] for m in list(modes_in.values()) + list(modes_out.values())}
+    if len(rank) != 1:
+        raise ValueError(f"every mode basis needs the same number of modes; got {sorted(rank)}")
+    r = rank.pop()
+    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    bases = {}
+    for v, width in net.nodes.items():
+        if v in net.inputs:
+            bases[v] = np.asarray(modes_in[v], dtype=np.float64)
+        elif v in net.outputs:
+            bases[v] = np.asarray(modes_out[v], dtype=np.float64)
+        else:
+            if width < r:
+                raise ValueError(f"node {v!r} has width {width} < {r} modes; the aligned init needs width >= modes")
+            bases[v] = np.linalg.qr(rng.standard_normal((width, r)))[0]
+    return bases
+
+
+def aligned_init(net: GDLN, bases: dict[str, np.ndarray], strengths, device="cpu") -> dict[str, torch.Tensor]:
+    """W_e = R_target diag(b_e) R_source^T: the decoupled init under which the race reduction is exact.
+
+    ``strengths`` has shape (..., E, r) (edges in ``net.edges`` order); leading
+    dimensions become the network dimension (one network if there are none).
+    """
+    b = np.asarray(strengths, dtype=np.float64)
+    if b.ndim == 2:
+        b = b[None]
+    if b.shape[-2] != len(net.edges):
+        raise ValueError(f"strengths must have shape (networks, {len(net.edges)} edges, modes); got {b.shape}")
+    params = {}
+    for k, (e, (s, t)) in enumerate(net.edges.items()):
+        w = np.einsum("ia,na,ja->nij", bases[t], b[:, k, :], bases[s])
+        params[e] = torch.as_tensor(w, device=device)
+    return params
+
+
+# ---------------------------------------------------------------------------
+# Reading mode strengths off a trained network
+# ---------------------------------------------------------------------------
+
+
+def pathway_strengths(net: GDLN, params: dict[str, torch.Tensor], modes_in: dict, modes_out: dict) -> torch.Tensor:
+    """pi_p^alpha = u_alpha^T W_p v_alpha for every network, pathway and mode: shape (networks, P, r)."""
+    out = []
+    for p in net.pathways:
+        w = params[p[0]]
+        for e in p[1:]:
+            w = params[e] @ w
+        u = torch.as_tensor(modes_out[net.target(p)], dtype=w.dtype, device=w.device)
+        v = torch.as_tensor(modes_in[net.source(p)], dtype=w.dtype, device=w.device)
+        out.append(torch.einsum("ia,nij,ja->na", u, w, v))
+    return torch.stack(out, dim=1)
+
+
+def edge_strengths(net: GDLN, params: dict[str, torch.Tensor], bases: dict[str, np.ndarray]) -> torch.Tensor:
+    """b_e^alpha = R_target[:, alpha]^T W_e R_source[:, alpha]: shape (networks, E, r)."""
+    out = []
+    for e, (s, t) in net.edges.items():
+        w = params[e]
+        rt = torch.as_tensor(bases[t], dtype=w.dtype, device=w.device)
+        rs = torch.as_tensor(bases[s], dtype=w.dtype, device=w.device)
+        out.append(torch.einsum("ia,nij,ja->na", rt, w, rs))
+    return torch.stack(out, dim=1)
+
+
+# ---------------------------------------------------------------------------
+# The neural race reduction
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Race:
+    """The reduced race of one GDLN on one dataset, for r modes.
+
+    ``drive[p, a]`` is s_p^a, ``coupling[q, p, a]`` is d_qp^a (zero unless q and
+    p end at the same output node), and ``index`` lists each pathway's edges
+    (padded with E, a slot that holds 1).
+    """
+
+    net: GDLN = field(repr=False)
+    drive: np.ndarray
+    coupling: np.ndarray
+    index: np.ndarray = field(repr=False)
+    constant: float = 0.0
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.net.edges)
+
+
+def race_reduction(net: GDLN, data: GatedData, modes_in: dict, modes_out: dict, *, tol: float = 1e-8) -> Race:
+    """Project the gated correlations on the data's modes and check the reduction's assumptions.
+
+    ``modes_in[v]`` (width x r) and ``modes_out[v]`` (width x r) are orthonormal
+    mode bases at the input and output nodes. Raises ``ValueError`` if some
+    Sigma_yx(p) or Sigma_xx(q, p) is not diagonal in them (relative error > tol),
+    for then the neural race reduction does not apply.
+    """
+    for kind, nodes, modes in (("modes_in", net.inputs, modes_in), ("modes_out", net.outputs, modes_out)):
+        if set(modes) != set(nodes):
+            raise ValueError(f"{kind} must give a basis for exactly the nodes {list(nodes)}; got {sorted(modes)}")
+        for v in nodes:
+            m = np.asarray(modes[v])
+            if m.ndim != 2 or m.shape[0] != net.nodes[v] or not np.allclose(m.T @ m, np.eye(m.shape[1]), atol=1e-10):
+                raise ValueError(f"{kind}[{v!r}] must be (width {net.nodes[v]}) x r with orthonormal columns")
+    corr = gated_correlations(net, data)
+    paths = net.pathways
+    r = np.asarray(next(iter(modes_in.values()))).shape[1]
+    drive = np.zeros((len(paths), r))
+    coupling = np.zeros((len(paths), len(paths), r))
+    scale = max([np.abs(c).max() for c in corr.yx] + [np.abs(c).max() for c in corr.xx.values()] + [1e-300])
+    for k, p in enumerate(paths):
+        u, v = np.asarray(modes_out[net.target(p)]), np.asarray(modes_in[net.source(p)])
+        drive[k] = np.einsum("ia,ij,ja->a", u, corr.yx[k], v)
+        residual = np.abs(corr.yx[k] - (u * drive[k]) @ v.T).max()
+        if residual > tol * scale:
+            raise ValueError(f"Sigma_yx of pathway {p} is not diagonal in the given modes (residual {residual:.3g}); "
+                             "the neural race reduction does not apply")
+    for (q, k), c in corr.xx.items():
+        vq, vk = np.asarray(modes_in[net.source(paths[q])]), np.asarray(modes_in[net.source(paths[k])])
+        coupling[q, k] = np.einsum("ia,ij,ja->a", vq, c, vk)
+        residual = np.abs(c @ vk - vq * coupling[q, k]).max()
+        if residual > tol * scale:
+            raise ValueError(f"Sigma_xx of pathways {paths[q]}, {paths[k]} is not diagonal in the given modes "
+                             f"(residual {residual:.3g}); the neural race reduction does not apply")
+    edge_index = {e: i for i, e in enumerate(net.edges)}
+    depth = max(len(p) for p in paths)
+    index = np.full((len(paths), depth), len(net.edges))
+    for k, p in enumerate(paths):
+        index[k, :len(p)] = [edge_index[e] for e in p]
+    constant = 0.5 * sum((data.weights[:, None] * data.targets[v] ** 2).sum() for v in net.outputs)
+    return Race(net, drive, coupling, index, float(constant))
+
+
+def race_products(b, race: Race) -> np.ndarray:
+    """pi_p = prod_{e in p} b_e for strengths b of shape (..., E, r): shape (..., P, r)."""
+    b = np.asarray(b, dtype=np.float64)
+    ext = np.concatenate([b, np.ones(b.shape[:-2] + (1, b.shape[-1]))], axis=-2)
+    return np.prod(ext[..., race.index, :], axis=-2)
+
+
+def race_loss(b, race: Race) -> np.ndarray:
+    """The loss in reduced variables, c - sum s_p pi_p + 1/2 sum d_qp pi_q pi_p over pathways and modes: shape (...).
+
+    Exact when the targets lie in the span of the modes (the loss of the
+    target components outside them is a constant that this leaves out).
+    """
+    pi = race_products(b, race)
+    return (race.constant - (race.drive * pi).sum((-1, -2))
+            + 0.5 * np.einsum("qpa,...qa,...pa->...", race.coupling, pi, pi))
+
+
+def race_rhs(b, race: Race) -> np.ndarray:
+    """db_e/dt = sum_{p through e} (prod_{e' in p, e' != e} b_e') (s_p - sum_q d_qp pi_q), batched over (..., E, r)."""
+    b = np.asarray(b, dtype=np.float64)
+    ext = np.concatenate([b, np.ones(b.shape[:-2] + (1, b.shape[-1]))], axis=-2)
+    factors = ext[..., race.index, :]  # (..., P, L, r)
+    ones = np.ones_like(factors[..., :1, :])
+    before = np.cumprod(np.concatenate([ones, factors[..., :-1, :]], axis=-2), axis=-2)
+    after = np.flip(np.cumprod(np.concatenate([ones, np.flip(factors, -2)[..., :-1, :]], axis=-2), axis=-2), -2)
+    pi = np.prod(factors, axis=-2)
+    error = race.drive - np.einsum("qpa,...qa->...pa", race.coupling, pi)
+    grad = before * after * error[..., None, :]  # (..., P, L, r)
+    db = np.zeros(b.shape[:-2] + (race.n_edges + 1, b.shape[-1]))
+    for k in range(race.index.shape[1]):  # a handful of pathway positions, not networks
+        _scatter(db, race.index[:, k], grad[..., k, :])
+    return db[..., :-1, :]
+
+
+def _scatter(out, index, values):
+    """out[..., index[j], :] += values[..., j, :], summing repeated indices."""
+    onehot = np.zeros((out.shape[-2], len(index)))
+    onehot[index, np.arange(len(index))] = 1.0
+    out += np.einsum("ej,...ja->...ea", onehot, values)
+
+
+def race_solve(t, b0, race: Race, *, rtol: float = 1e-11, atol: float = 1e-14) -> np.ndarray:
+    """Integrate the race ODEs from b0 (..., E, r) and return b at times t: shape (T, ..., E, r)."""
+    t = check_array("t", t, ndim=1)
+    if t[0] < 0 or np.any(np.diff(t) < 0):
+        raise ValueError("t must be non-negative and increasing")
+    b0 = np.asarray(b0, dtype=np.float64)
+    shape = b0.shape
+    sol = solve_ivp(lambda _, y: race_rhs(y.reshape(shape), race).ravel(), (0.0, t[-1]), b0.ravel(),
+                    t_eval=t, rtol=rtol, atol=atol, method="DOP853")
+    if not sol.success:
+        raise RuntimeError(f"race ODE failed: {sol.message}")
+    return sol.y.T.reshape((len(t),) + shape)
+
+
+def race_steps(b0, race: Race, lr: float, steps: int, record_every: int = 1):
+    """Gradient descent on the reduced strengths, b <- b + lr db/dt: returns (recorded steps, b of shape (R, ..., E, r)).
+
+    When the reduction holds, one GD step of the full network is exactly one
+    such step, at any learning rate.
+    """
+    lr = check_positive("lr", lr)
+    steps = check_int("steps", steps, low=1)
+    record_every = check_int("record_every", record_every, low=1)
+    b = np.array(b0, dtype=np.float64)
+    kept, out = [], []
+    for step in range(steps + 1):
+        if step % record_every == 0 or step == steps:
+            kept.append(step)
+            out.append(b.copy())
+        if step < steps:
+            b = b + lr * race_rhs(b, race)
+    return np.array(kept), np.stack(out)
+
+
+def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: int = 0, flow: bool = True) -> dict:
+    """GD from the decoupled (aligned) init next to the reduction, for tasks that share one graph.
+
+    Every task gets its own network; all train in one batched run. Each
+    pathway starts with |b_e| = b0 on every mode, signs following its drive
+    (:func:`signed_strengths`). Returns the times t = lr x step, the pathway
+    strengths from GD ``gd`` and from the reduced ODEs ``flow`` (both (T,
+    tasks, P, r)), the edge strengths from GD ``edges_gd`` and the reduction
+    ``flow_edges`` ((T, tasks, E, r)), the drives (tasks, P, r), the losses,
+    the reductions ``races`` and the initial strengths ``start``. With
+    ``flow=False`` the ODEs are not solved (for GD-stepped comparisons with
+    :func:`race_steps`).
+    """
+    net = tasks[0].net
+    if any(t.net.nodes != net.nodes or t.net.edges != net.edges for t in tasks):
+        raise ValueError("every task must use the same graph (build context tasks with the same n_slots)")
+    races = [race_reduction(net, t.data, t.modes_in, t.modes_out) for t in tasks]
+    start = np.stack([signed_strengths(r, b0) for r in races])
+    bases = node_bases(net, tasks[0].modes_in, tasks[0].modes_out, seed=seed)
+    every = max(1, steps // records)
+    result = train_gdln(net, aligned_init(net, bases, start), [t.data for t in tasks], steps=steps, lr=lr,
+                        record_every=every, seed=seed, desc="gated network, aligned init",
+                        record=lambda p: {"pi": pathway_strengths(net, p, tasks[0].modes_in, tasks[0].modes_out),
+                                          "b": edge_strengths(net, p, bases)})
+    times = result.steps * lr
+    out = {"times": times, "gd": result.records["pi"], "edges_gd": result.records["b"], "loss": result.records["loss"],
+           "drive": np.stack([r.drive for r in races]), "races": races, "start": start}
+    if flow:
+        edges = np.stack([race_solve(times, start[k], r) for k, r in enumerate(races)], axis=1)
+        out["flow_edges"] = edges
+        out["flow"] = np.stack([race_products(edges[:, k], r) for k, r in enumerate(races)], axis=1)
+    return out
+
+
+def signed_strengths(race: Race, b0: float) -> np.ndarray:
+    """Initial strengths |b| = b0 whose pathway products have the sign of each pathway's drive.
+
+    A pathway whose drive is negative cannot learn from a positive balanced
+    start (its product would have to pass through zero), so one edge that
+    belongs to that pathway alone is flipped. Shape (E, r).
+    """
+    b0 = check_positive("b0", b0)
+    b = np.full((race.n_edges, race.drive.shape[1]), b0)
+    owners = np.bincount(race.index[race.index < race.n_edges].ravel(), minlength=race.n_edges)
+    for k in range(len(race.index)):
+        own = [e for e in race.index[k] if e < race.n_edges and owners[e] == 1]
+        if own:
+            b[own[0]] = np.where(race.drive[k] < 0, -b0, b0)
+    return b
+
+
+# ---------------------------------------------------------------------------
+# One chain of equivalent pathways: the brief's generic chain ODE
+# ---------------------------------------------------------------------------
+
+
+def chain_rhs(b, weights, target) -> np.ndarray:
+    """db_e/dt = w_e prod_{e' != e} b_e' (s - pi) for b of shape (..., L) (last axis: edges)."""
+    b = np.asarray(b, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    pi = np.prod(b, axis=-1, keepdims=True)
+    ones = np.ones_like(b[..., :1])
+    before = np.cumprod(np.concatenate([ones, b[..., :-1]], -1), -1)
+    after = np.flip(np.cumprod(np.concatenate([ones, np.flip(b, -1)[..., :-1]], -1), -1), -1)
+    return w * before * after * (np.asarray(target, dtype=np.float64)[..., None] - pi)
+
+
+def chain_solve(t, b0, weights, target) -> np.ndarray:
+    """Strengths b_e(t) of one chain mode: shape (T, ..., L) for b0 of shape (..., L).
+
+    Closed form (:func:`learning_dynamics.linear.deep_mode`) when b_e(0)^2 / w_e
+    is the same for every edge (the conserved b_e^2/w_e - b_f^2/w_f are then 0,
+    so b_e = sqrt(w_e) c and pi = W c^L with W = prod sqrt(w_e)); otherwise the
+    ODE is integrated numerically. ``target`` broadcasts against b0[..., 0].
+    """
+    t = check_array("t", t, ndim=1)
+    b0 = np.asarray(b0, dtype=np.float64)
+    w = check_array("weights", weights, ndim=1, positive=True)
+    if b0.shape[-1] != len(w):
+        raise ValueError(f"b0 needs one strength per edge ({len(w)}) on its last axis; got shape {b0.shape}")
+    target = np.broadcast_to(np.asarray(target, dtype=np.float64), b0.shape[:-1])
+    ratio = b0**2 / w
+    balanced = np.allclose(ratio, ratio[..., :1], rtol=1e-12) and np.all(b0 > 0) and np.all(target > 0)
+    if balanced and np.all(np.prod(b0, -1) < target):
+        depth = len(w)
+        big_w = np.prod(np.sqrt(w))
+        pi = linear.deep_mode(t.reshape((-1,) + (1,) * target.ndim), target, np.prod(b0, -1), depth, big_w ** (2.0 / depth))
+        c = (pi / big_w) ** (1.0 / depth)
+        return c[..., None] * np.sqrt(w)
+    shape = b0.shape
+    sol = solve_ivp(lambda _, y: chain_rhs(y.reshape(shape), w, target).ravel(), (0.0, t[-1]), b0.ravel(),
+                    t_eval=t, rtol=1e-12, atol=1e-14, method="DOP853")
+    if not sol.success:
+        raise RuntimeError(f"chain ODE failed: {sol.message}")
+    return sol.y.T.reshape((len(t),) + shape)

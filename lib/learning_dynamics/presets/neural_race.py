@@ -1,0 +1,49 @@
+"""Presets of the neural-race chapter (Saxe, Sodhani & Lewallen 2022; Saxe, McClelland & Ganguli 2014)."""
+
+from dataclasses import dataclass
+
+from . import ChapterPreset, param, register
+
+
+@dataclass(frozen=True)
+class NeuralRace(ChapterPreset):
+    # Saxe et al. 2014: two-layer network on binary-tree items
+    tree_depth: int = param(3, low=1, high=6, help="depth of the item tree (2**depth items)")
+    saxe_hidden: int = param(16, low=1, help="hidden width of the two-layer network")
+    saxe_lr: float = param(0.01, low=0.0, strict_low=True, help="GD step of the two-layer network")
+    saxe_steps: int = param(1500, low=1, help="full-batch GD steps (epochs)")
+    saxe_u0: float = param(1e-3, low=0.0, strict_low=True, help="initial mode strength of the aligned init")
+    saxe_init: float = param(0.1, low=0.0, strict_low=True, help="singular values of each random orthogonal layer")
+    saxe_seeds: int = param(8, low=1, help="random initialisations")
+    # The race: one shared pathway against one private pathway per context
+    race_contexts: tuple = param((1, 2, 3, 4, 6, 8), help="numbers of contexts C")
+    race_shown: int = param(4, low=1, help="C of the time-course panel (must be in race_contexts)")
+    race_hidden: int = param(8, low=4, help="width of every hidden node of the race network")
+    race_b0: float = param(0.1, low=0.0, strict_low=True, help="initial strength |b| of every edge and mode")
+    race_lr: float = param(1e-3, low=0.0, strict_low=True, help="GD step of the race network")
+    race_steps: int = param(2500, low=1, help="full-batch GD steps of the race network")
+    # The routing network (the authors' solution-verification figure)
+    modules: int = param(7, low=2, high=20, help="input and output modules M")
+    trained: int = param(4, low=1, help="trained output modules per input module K (< M)")
+    routing_hidden: int = param(64, low=4, help="width of the shared hidden layers")
+    routing_lr: float = param(0.02, low=0.0, strict_low=True, help="GD step of the routing network")
+    routing_epochs: int = param(500, low=1, help="full-batch GD epochs of the routing network")
+    routing_init: float = param(0.2, low=0.0, strict_low=True, help="init scale sigma0 (orthogonal gain)")
+    routing_seeds: int = param(8, low=1, help="random initialisations of the routing network")
+    # Generalisation to untrained pathways
+    gen_inits: int = param(6, low=2, help="init scales in linspace(0.2, 2.5, gen_inits)")
+    gen_lr: float = param(0.006, low=0.0, strict_low=True, help="GD step at sigma0 = 1 (scaled by sigma0^(-1/3))")
+    gen_epochs: int = param(700, low=1, help="full-batch GD epochs of the generalisation runs")
+    gen_trained: tuple = param((1, 2, 3, 4, 5, 6), help="values of K in the trained-pathway sweep")
+    gen_seeds: int = param(2, low=1, help="random initialisations per init scale or K")
+
+
+register(
+    "neural_race",
+    NeuralRace,
+    smoke=dict(saxe_seeds=2, race_contexts=(1, 2, 4), race_steps=1250, race_lr=2e-3, routing_hidden=64,
+               routing_seeds=1, gen_inits=3, gen_trained=(1, 2, 4), gen_seeds=1, gen_lr=0.012, gen_epochs=350),
+    book=dict(),
+    paper=dict(saxe_seeds=20, routing_seeds=10, gen_seeds=10, race_contexts=(1, 2, 3, 4, 5, 6, 8, 10, 12),
+               race_steps=10000, race_lr=2.5e-4, gen_inits=12),
+)

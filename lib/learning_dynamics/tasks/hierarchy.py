@@ -1,0 +1,222 @@
+"""Hierarchical items and the gated tasks built on them (Saxe et al. 2014; Saxe, Sodhani & Lewallen 2022).
+
+Items are one-hot inputs (X = I), so the input correlation is the identity and
+the learning dynamics are set by the item-feature matrix Y alone. Three tasks:
+
+- :func:`tree_task`: items at the leaves of a binary tree, with a feature per
+  tree node (the canonical dataset of Saxe et al. 2014), learned by an
+  ungated two-layer network;
+- :func:`routing_task`: the authors' routing network, M input and M output
+  modules joined through one shared hidden pathway, trained on a subset of
+  (input, output) module pairs chosen by a gate;
+- :func:`context_task`: one shared pathway racing against one private
+  pathway per context, on targets with shared and context-specific structure.
+
+Each returns a :class:`GatedTask`: the network, its data, and the mode bases
+in which the neural race reduction holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..gated import GDLN, GatedData, gated_data
+from ..validation import check_array, check_int, check_positive
+
+
+@dataclass(frozen=True)
+class GatedTask:
+    """A GDLN with its training data and the data's modes.
+
+    ``modes_in`` / ``modes_out`` map input / output nodes to orthonormal mode
+    bases (width x r). ``test`` holds evaluation data (if any) whose samples
+    belong to ``test_groups`` (one group id per sample); ``trained_groups``
+    flags the groups seen in training.
+    """
+
+    net: GDLN
+    data: GatedData
+    modes_in: dict
+    modes_out: dict
+    test: GatedData | None = None
+    test_groups: np.ndarray | None = field(default=None, repr=False)
+    trained_groups: np.ndarray | None = field(default=None, repr=False)
+
+
+# ---------------------------------------------------------------------------
+# Item-feature matrices
+# ---------------------------------------------------------------------------
+
+
+def tree_features(depth: int) -> np.ndarray:
+    """Features x items of a binary tree with 2**depth leaf items: feature f is on for item i if node f is an ancestor of i (or i).
+
+    Rows are the tree's nodes in level order (root first), so the matrix has
+    2**(depth+1) - 1 rows.
+    """
+    depth = check_int("depth", depth, low=1, high=8)
+    n_items = 2**depth
+    rows = []
+    for level in range(depth + 1):
+        span = n_items // 2**level
+        for node in range(2**level):
+            row = np.zeros(n_items)
+            row[node * span:(node + 1) * span] = 1.0
+            rows.append(row)
+    return np.array(rows)
+
+
+def routing_targets() -> np.ndarray:
+    """The authors' 7 features x 4 items: a shared row of 6s, two group rows of 4s, item rows 3 I.
+
+    Singular values sqrt(185), sqrt(41), 3, 3.
+    """
+    return np.vstack([np.full((1, 4), 6.0), [[4, 4, 0, 0], [0, 0, 4, 4]], 3 * np.eye(4)])
+
+
+def modes_of(features: np.ndarray, tol: float = 1e-10):
+    """(U, s, V) of a features x items matrix, keeping the modes with s > tol s_max."""
+    features = check_array("features", features, ndim=2)
+    u, s, vt = np.linalg.svd(features, full_matrices=False)
+    keep = s > tol * s[0]
+    return u[:, keep], s[keep], vt[keep].T
+
+
+# ---------------------------------------------------------------------------
+# Saxe et al. 2014: an ungated two-layer network on tree items
+# ---------------------------------------------------------------------------
+
+
+def tree_task(depth: int = 3, hidden: int = 16) -> GatedTask:
+    """Two-layer linear network x -> h -> y on the tree's items, loss 1/2 sum_items |y - W2 W1 x|^2."""
+    features = tree_features(depth)
+    hidden = check_int("hidden", hidden, low=1)
+    n_features, n_items = features.shape
+    net = GDLN({"x": n_items, "h": hidden, "y": n_features}, {"W1": ("x", "h"), "W2": ("h", "y")})
+    data = gated_data(net, {"x": np.eye(n_items)}, {"y": features.T})
+    u, _, v = modes_of(features)
+    return GatedTask(net, data, {"x": v}, {"y": u})
+
+
+# ---------------------------------------------------------------------------
+# The routing network of Saxe, Sodhani & Lewallen (2022)
+# ---------------------------------------------------------------------------
+
+
+def routing_gate(n_modules: int, n_trained: int) -> np.ndarray:
+    """Which (input, output) module pairs are trained: the authors' "K_plus_minus_mod" gate.
+
+    Input i is trained with outputs i + o (mod M) for offsets o from
+    -floor((K-1)/2) to floor(K/2); K = 4 gives i-1, i, i+1, i+2. Returns a
+    boolean (M, M) matrix, K trained pairs per row and per column.
+    """
+    n_modules = check_int("n_modules", n_modules, low=1)
+    n_trained = check_int("n_trained", n_trained, low=1, high=n_modules)
+    gate = np.zeros((n_modules, n_modules), dtype=bool)
+    for i in range(n_modules):
+        for offset in range(-((n_trained - 1) // 2), n_trained // 2 + 1):
+            gate[i, (i + offset) % n_modules] = True
+    return gate
+
+
+def routing_task(gate, hidden: int = 64, features=None) -> GatedTask:
+    """M input modules -> shared hidden pathway -> M output modules, trained on the pairs flagged by ``gate``.
+
+    Nodes x0..x{M-1} (one-hot items), h1, h2 (width ``hidden``) and
+    y0..y{M-1}; edges in{i} (x_i -> h1), shared (h1 -> h2) and out{j}
+    (h2 -> y_j). A sample is an (input i, output j, item) triple: only x_i and
+    y_j are gated on, and the target is the item's feature vector. The loss is
+    the authors' sum over trained pairs of the mean squared error over items
+    and features, so each sample weighs 2 / (items x features). ``test`` holds
+    every pair, with group id i M + j.
+    """
+    gate = np.asarray(gate, dtype=bool)
+    if gate.ndim != 2 or gate.shape[0] != gate.shape[1] or not gate.any():
+        raise ValueError(f"gate must be a square boolean (M, M) matrix with a trained pair; got shape {gate.shape}")
+    features = routing_targets() if features is None else check_array("features", features, ndim=2)
+    hidden = check_int("hidden", hidden, low=1)
+    m = gate.shape[0]
+    n_out, n_items = features.shape
+    nodes = {**{f"x{i}": n_items for i in range(m)}, "h1": hidden, "h2": hidden, **{f"y{j}": n_out for j in range(m)}}
+    edges = {**{f"in{i}": (f"x{i}", "h1") for i in range(m)}, "shared": ("h1", "h2"),
+             **{f"out{j}": ("h2", f"y{j}") for j in range(m)}}
+    net = GDLN(nodes, edges)
+
+    def samples(pairs):
+        n = len(pairs) * n_items
+        inputs = {f"x{i}": np.zeros((n, n_items)) for i in range(m)}
+        targets = {f"y{j}": np.zeros((n, n_out)) for j in range(m)}
+        gates = {v: np.zeros(n) for v in list(inputs) + list(targets)}
+        for k, (i, j) in enumerate(pairs):
+            rows = slice(k * n_items, (k + 1) * n_items)
+            inputs[f"x{i}"][rows] = np.eye(n_items)
+            targets[f"y{j}"][rows] = features.T
+            gates[f"x{i}"][rows] = 1.0
+            gates[f"y{j}"][rows] = 1.0
+        return gated_data(net, inputs, targets, node_gates=gates, weights=np.full(n, 2.0 / (n_items * n_out)))
+
+    trained = [tuple(p) for p in np.argwhere(gate)]
+    every = [(i, j) for i in range(m) for j in range(m)]
+    u, _, v = modes_of(features)
+    return GatedTask(net, samples(trained), {f"x{i}": v for i in range(m)}, {f"y{j}": u for j in range(m)},
+                     test=samples(every), test_groups=np.repeat(np.arange(m * m), n_items),
+                     trained_groups=gate.ravel().copy())
+
+
+# ---------------------------------------------------------------------------
+# A shared pathway racing private ones
+# ---------------------------------------------------------------------------
+
+HAAR_4 = np.array([[1, 1, 1, 1], [1, 1, -1, -1], [np.sqrt(2), -np.sqrt(2), 0, 0], [0, 0, np.sqrt(2), -np.sqrt(2)]]).T / 2.0
+
+
+def context_targets(n_contexts: int, strengths=(3.0, 2.0, 1.5)) -> np.ndarray:
+    """Features x items for each context, shape (C, 4, 4): Y_c = diag(s_c) V^T on four hierarchical items.
+
+    V is the tree's Haar basis (all items, group A vs B, and the two
+    within-group contrasts). Feature 1 (all items) and feature 2 (group) have
+    the same strengths in every context: the shared structure. Features 3 and 4
+    (within-group contrasts) have strength +s_spec in even contexts and
+    -s_spec in odd ones: the context-specific structure.
+    """
+    n_contexts = check_int("n_contexts", n_contexts, low=1)
+    if len(strengths) != 3:
+        raise ValueError(f"strengths must hold 3 values (all items, group, within-group); got {strengths!r}")
+    s_all, s_group, s_spec = (check_positive(f"strengths[{k}]", s) for k, s in enumerate(strengths))
+    sign = np.where(np.arange(n_contexts) % 2 == 0, 1.0, -1.0)
+    s = np.stack([np.full(n_contexts, s_all), np.full(n_contexts, s_group), sign * s_spec, sign * s_spec], axis=1)
+    return np.einsum("ca,ia->cai", s, HAAR_4)
+
+
+def context_task(n_contexts: int, n_slots: int | None = None, shared_depth: int = 2, hidden: int = 8,
+                 strengths=(3.0, 2.0, 1.5)) -> GatedTask:
+    """One shared pathway and one private pathway per context between items x and features y.
+
+    The shared pathway (edges shared1, ..., shared{depth}) is on in every
+    context; the private pathway of context c (edges in{c}, out{c}, through
+    node c{c}) only in context c. The loss sums 1/2 |y - y_hat|^2 over contexts
+    and items. ``n_slots`` >= n_contexts private pathways are built (the extra
+    ones get zero-weight samples) so that networks with different numbers of
+    contexts can be stacked and trained together.
+    """
+    n_contexts = check_int("n_contexts", n_contexts, low=1)
+    n_slots = check_int("n_slots", n_contexts if n_slots is None else n_slots, low=n_contexts)
+    shared_depth = check_int("shared_depth", shared_depth, low=1, high=6)
+    hidden = check_int("hidden", hidden, low=4)
+    nodes = {"x": 4, **{f"s{k}": hidden for k in range(1, shared_depth)}, **{f"c{c}": hidden for c in range(n_slots)}, "y": 4}
+    chain = ["x"] + [f"s{k}" for k in range(1, shared_depth)] + ["y"]
+    edges = {f"shared{k + 1}": (chain[k], chain[k + 1]) for k in range(shared_depth)}
+    for c in range(n_slots):
+        edges[f"in{c}"] = ("x", f"c{c}")
+        edges[f"out{c}"] = (f"c{c}", "y")
+    net = GDLN(nodes, edges)
+    targets = context_targets(n_slots, strengths)
+    context = np.repeat(np.arange(n_slots), 4)
+    data = gated_data(
+        net, {"x": np.tile(np.eye(4), (n_slots, 1))}, {"y": np.concatenate([y.T for y in targets])},
+        node_gates={f"c{c}": (context == c).astype(float) for c in range(n_slots)},
+        weights=(context < n_contexts).astype(float),
+    )
+    return GatedTask(net, data, {"x": HAAR_4}, {"y": np.eye(4)})
