@@ -125,12 +125,17 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     the ``noises`` axis sets: ``"data"`` (label redraw fraction and input
     noise ``s``), ``"dropout"`` (drop probability ``p``) or ``"lr"`` (Adam
     step); the other knobs stay at ``lr``, ``dropout`` and ``data_noise``.
-    Networks with the same seed index share their initialisation.
+    Networks with the same seed index share their initialisation; the
+    initialisation and the per-step noise come from independent streams
+    spawned from ``seed``.
     """
     check_choice("noise_kind", noise_kind, NOISE_KINDS)
     x_train, y_train, x_test, y_test = data
     alphas = np.asarray(alphas, dtype=np.float64)
     noises = np.asarray(noises, dtype=np.float64)
+    if alphas.ndim != 1 or noises.ndim != 1 or not len(alphas) or not len(noises):
+        raise ValueError(f"alphas and noises must be non-empty 1-D sequences; got shapes {alphas.shape} and "
+                         f"{noises.shape}")
     n_seeds = check_int("n_seeds", n_seeds, low=1)
     steps = check_int("steps", steps, low=1)
     for a in alphas:
@@ -143,15 +148,14 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
             check_positive("noises (learning rates)", value)
         else:
             check_float(f"noises ({noise_kind} levels)", value, low=0.0, high=0.95 if noise_kind == "dropout" else 1.0)
-    if alphas.ndim != 1 or noises.ndim != 1 or not len(alphas) or not len(noises):
-        raise ValueError("alphas and noises must be non-empty 1-D sequences")
 
     shape = (len(alphas), len(noises), n_seeds)
     grid_alpha, grid_noise, grid_seed = (g.ravel() for g in np.meshgrid(alphas, noises, np.arange(n_seeds),
                                                                           indexing="ij"))
     n = grid_alpha.size
     device = x_train.device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    init_seed, noise_seed = (int(v) for v in np.random.SeedSequence(check_int("seed", seed, low=0)).generate_state(2))
+    generator = torch.Generator(device=device).manual_seed(init_seed)
     base = init_params(n_seeds, n_in=x_train.shape[1], width=width, depth=depth, n_out=digits.N_CLASSES,
                        generator=generator, dtype=dtype, device=device)
     index = torch.as_tensor(grid_seed, device=device)
@@ -176,7 +180,7 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
         masks = (u < keep[:, None, None, None]).to(dtype) / keep[:, None, None, None]
         return x, y, alpha, masks
 
-    result = train(loss, params, steps=steps, lr=rates, sampler=sampler, optimizer="adam", seed=seed,
+    result = train(loss, params, steps=steps, lr=rates, sampler=sampler, optimizer="adam", seed=noise_seed,
                    desc="phase-diagram grid")
     log_d, accuracy = measure(result.params, alpha, data)
     return GridResult(alphas=alphas, noises=noises, noise_kind=noise_kind, log_d=log_d.reshape(shape + (-1,)),

@@ -108,7 +108,7 @@ def first_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 1.0, eta:
     def step(x, noise, t):
         return x + eta * dry_friction(spring_forces(x, k, pull) + eps * noise, mu_fwd, mu_back)
 
-    return _run(step, None, mu_fwd.shape, n_blocks, steps, replicas, average_last, record_every, seed, pull,
+    return _run(step, False, mu_fwd.shape, n_blocks, steps, replicas, average_last, record_every, seed, pull,
                 eta, "spring-block chain")
 
 
@@ -138,7 +138,7 @@ def second_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 0.1, mas
         v = dry_friction(momentum, mu_fwd * dt, mu_back * dt) / mass
         return x + dt * v, v
 
-    return _run(step, "velocity", mu_fwd.shape, n_blocks, steps, replicas, average_last, record_every, seed,
+    return _run(step, True, mu_fwd.shape, n_blocks, steps, replicas, average_last, record_every, seed,
                 pull, dt, "second-order chain")
 
 
@@ -222,13 +222,15 @@ def _chain_args(n_blocks, steps, replicas, seed, k, rate, average_last, rate_nam
             check_positive(rate_name, rate), check_float("average_last", average_last, low=0.0, high=1.0))
 
 
-def _run(step, velocity, cell_shape, n_blocks, steps, replicas, average_last, record_every, seed, pull, dt, desc):
+def _run(step, with_velocity, cell_shape, n_blocks, steps, replicas, average_last, record_every, seed, pull, dt,
+         desc):
     """Advance every cell and replica together; average the elongations over the last steps."""
     record_every = check_int("record_every", record_every, low=0)
+    pull = check_positive("pull", pull)
     shape = tuple(cell_shape[:-2]) + (replicas, n_blocks)
     rng = np.random.default_rng(seed)
     x = np.zeros(shape)
-    state = (x, np.zeros(shape)) if velocity else x
+    state = (x, np.zeros(shape)) if with_velocity else x
     start = steps - int(round(average_last * steps))
     total, count = np.zeros(shape), 0
     times, kept = [0.0], [x.mean(-2)]
@@ -238,7 +240,7 @@ def _run(step, velocity, cell_shape, n_blocks, steps, replicas, average_last, re
         for i, noise in enumerate(noise_block):
             t = (first + i) * dt
             state = step(state, noise, t)
-            x = state[0] if velocity else state
+            x = state[0] if with_velocity else state
             n = first + i + 1
             if n > start:
                 total += x
@@ -248,4 +250,4 @@ def _run(step, velocity, cell_shape, n_blocks, steps, replicas, average_last, re
                 kept.append(x.mean(-2))
     x_avg = total / count if count else x
     d_mean = elongations(x_avg, pull).mean(-2)
-    return ChainRun(x=x, d_mean=d_mean, times=np.array(times), x_mean=np.stack(kept), pull=float(pull))
+    return ChainRun(x=x, d_mean=d_mean, times=np.array(times), x_mean=np.stack(kept), pull=pull)

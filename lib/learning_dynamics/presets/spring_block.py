@@ -37,7 +37,7 @@ class SpringBlock(ChapterPreset):
 register(
     "spring_block",
     SpringBlock,
-    smoke=dict(n_train=400, width=32, steps=30, alphas=(0.0, 1.0), noises=(0.6, 0.0), n_seeds=1, dropouts=(),
+    smoke=dict(n_train=400, width=32, steps=60, alphas=(0.0, 1.0), noises=(0.6, 0.0), n_seeds=1, dropouts=(),
                chain_steps=4000, chain_eta=0.025, replicas=8, frictions=(0.15, 0.02), shakes=(0.5, 0.0)),
     book=dict(),
     paper=dict(n_train=1500, width=100, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
