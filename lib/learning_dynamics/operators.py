@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -293,17 +294,34 @@ class KPFlow:
         flat = functional_call(self.step, theta, (self.h_prev.reshape(b * t, h), self.inputs.reshape(b * t, -1)))
         return flat.reshape(b, t, h)
 
+    # -- cached pullbacks (each graph is built once per KPFlow object) ----
+    @cached_property
+    def _zero(self):
+        return torch.zeros(self.shape, dtype=self.hidden.dtype, device=self.hidden.device)
+
+    @cached_property
+    def _pull_forcing(self):
+        return vjp(self._forced, self._zero)[1]
+
+    @cached_property
+    def _pull_step(self):
+        return vjp(self._step_all, self.params)[1]
+
+    @cached_property
+    def _pull_trajectory(self):
+        return vjp(self._trajectory, self.params)[1]
+
+    def _trajectory(self, theta):
+        return rollout(self.step, theta, self.inputs, self.h0)
+
     # -- P and P* ---------------------------------------------------------
     def P(self, z):
         """(P z)_t = sum_{s<=t} Phi(t, s) z_s: the jvp of the forced rollout in its forcing."""
-        zero = torch.zeros(self.shape, dtype=self.hidden.dtype, device=self.hidden.device)
-        return self._batched(lambda v: jvp(self._forced, (zero,), (v,))[1], z)
+        return self._batched(lambda v: jvp(self._forced, (self._zero,), (v,))[1], z)
 
     def P_adj(self, z):
         """(P* z)_s = sum_{t>=s} Phi(t, s)^T z_t: backpropagation through time (the vjp of the forced rollout)."""
-        zero = torch.zeros(self.shape, dtype=self.hidden.dtype, device=self.hidden.device)
-        _, pullback = vjp(self._forced, zero)
-        return self._batched(lambda v: pullback(v)[0], z)
+        return self._batched(lambda v: self._pull_forcing(v)[0], z)
 
     # -- J_theta, K -------------------------------------------------------
     def J_theta(self, dtheta: dict):
@@ -319,21 +337,25 @@ class KPFlow:
 
     def J_theta_adj(self, z):
         """(dF/dtheta)^T z summed over trials and time: a dict shaped like the parameters."""
-        _, pullback = vjp(self._step_all, self.params)
-        return self._batched(lambda v: pullback(v)[0], z)
+        return self._batched(lambda v: self._pull_step(v)[0], z)
 
     def K(self, z):
         """K z = J_theta J_theta^T z, the parameter operator (self-adjoint, positive semi-definite)."""
-        _, pullback = vjp(self._step_all, self.params)
-        return self._batched(lambda v: jvp(self._step_all, (self.params,), (pullback(v)[0],))[1], z)
+        return self._batched(lambda v: jvp(self._step_all, (self.params,), (self._pull_step(v)[0],))[1], z)
 
     def K_adj(self, z):
         """K* z; K is self-adjoint, so this is K z (kept for symmetry with P and P*)."""
         return self.K(z)
 
     def PKP(self, z):
-        """P K P* z, the hidden-state NTK: -lr P K P* e is the first-order change of h after one GD step."""
-        return self.P(self.K(self.P_adj(z)))
+        """P K P* z, the hidden-state NTK: -lr P K P* e is the first-order change of h after one GD step.
+
+        Since dh/dtheta = P J_theta, P K P* = (P J_theta)(P J_theta)^T = J_h J_h^T
+        with J_h = dh/dtheta through the whole rollout; it is applied that way,
+        one vjp and one jvp of the rollout in theta, which is faster than
+        P(K(P* z)) and equal to it (see the tests).
+        """
+        return self._batched(lambda v: jvp(self._trajectory, (self.params,), (self._pull_trajectory(v)[0],))[1], z)
 
     def PP(self, z):
         """P P* z."""
@@ -343,16 +365,8 @@ class KPFlow:
         """dL/dtheta = J_theta^T P* e for an error e = dL/dh of shape (B, T, H)."""
         return self.J_theta_adj(self.P_adj(self._check(e, "e")))
 
-    def hidden_ntk(self, z):
-        """J J^T z with J = dh/dtheta through the whole rollout (an independent route to P K P*)."""
-        def h_of(theta):
-            return rollout(self.step, theta, self.inputs, self.h0)
-
-        _, pullback = vjp(h_of, self.params)
-        return self._batched(lambda v: jvp(h_of, (self.params,), (pullback(v)[0],))[1], z)
-
     def operator(self, name: str) -> Callable:
-        """The bound method for ``"K"``, ``"P"``, ``"P_adj"``, ``"PKP"`` or ``"PP"``."""
+        """The bound method for one of :data:`OPERATOR_NAMES` (``"K"``, ``"P"``, ``"PKP"``, ...)."""
         check_choice("name", name, OPERATOR_NAMES)
         return getattr(self, name)
 
@@ -365,15 +379,16 @@ class KPFlow:
         return self.operator(name)(eye).reshape(size, size).T
 
 
-OPERATOR_NAMES = ("K", "P", "P_adj", "PKP", "PP")
+OPERATOR_NAMES = ("K", "K_adj", "P", "P_adj", "PKP", "PP")
 
 
 def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
     """The operators as dense matrices built from autograd Jacobians (``torch.func.jacrev``), toy sizes only.
 
-    P = d h / d forcing, K = J_F J_F^T with J_F = dF/dtheta at the recorded
-    states, and P K P* = J_h J_h^T with J_h = dh/dtheta through the whole
-    rollout: an independent route to every product of :class:`KPFlow`.
+    P = d h / d forcing and K = J_F J_F^T with J_F = dF/dtheta at the recorded
+    states; P K P* is the product of those dense matrices, while
+    :meth:`KPFlow.PKP` applies it as J_h J_h^T through the rollout, so the
+    comparison checks the decomposition itself.
     """
     size = math.prod(ops.shape)
     if size > 4096:
@@ -386,8 +401,9 @@ def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
         return torch.cat([v.reshape(size, -1) for v in jac.values()], 1)
 
     j_step = flat_jacobian(ops._step_all)
-    j_traj = flat_jacobian(lambda theta: rollout(ops.step, theta, ops.inputs, ops.h0))
-    return {"P": prop, "P_adj": prop.T, "K": j_step @ j_step.T, "PKP": j_traj @ j_traj.T, "PP": prop @ prop.T}
+    kernel = j_step @ j_step.T
+    return {"P": prop, "P_adj": prop.T, "K": kernel, "K_adj": kernel.T, "PKP": prop @ kernel @ prop.T,
+            "PP": prop @ prop.T}
 
 
 # ---------------------------------------------------------------------------
@@ -464,22 +480,41 @@ def leading_spectrum(apply: Callable, shape, k: int, *, adjoint: Callable | None
                      n_iter: int = 3, seed: int = 0, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
     """Top-``k`` singular values of a matrix-free operator by randomised SVD (Halko et al. 2011).
 
-    ``apply`` maps a stack (n, *shape) to (n, *shape); ``adjoint`` is its
-    adjoint (omit it for a self-adjoint operator such as K or P K P*).
-    ``n_iter`` power iterations sharpen the leading values.
+    ``apply`` maps a stack (n, *shape) to (n, *shape). Give ``adjoint`` for a
+    general operator such as P: ``n_iter`` power iterations with A A*, then
+    the SVD of Q^T A. Omit it for a self-adjoint operator such as K or
+    P K P*: that gets a randomised block Krylov (block Lanczos) space of
+    ``n_iter + 1`` blocks and a Rayleigh-Ritz step, which converges much
+    faster for slowly decaying spectra (Musco & Musco 2015), and returns the
+    absolute eigenvalues.
     """
     k = check_int("k", k, low=1)
     n_iter = check_int("n_iter", n_iter, low=0)
     oversample = check_int("oversample", oversample, low=0)
     size = math.prod(shape)
     width = min(k + oversample, size)
-    adjoint = apply if adjoint is None else adjoint
     gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
     omega = torch.randn((width, *shape), generator=gen, dtype=dtype).to(device)
 
     def orth(y):
         return torch.linalg.qr(y.reshape(width, size).T).Q.T.reshape(width, *shape)
 
+    if adjoint is None:
+        blocks, images = [], []
+        n_blocks = max(1, min(n_iter + 1, size // width))  # the Krylov space cannot outgrow the space itself
+        q = orth(omega)
+        for i in range(n_blocks):
+            blocks.append(q.reshape(width, size))
+            images.append(apply(q).reshape(width, size))
+            if i < n_blocks - 1:
+                basis = torch.cat(blocks)
+                y = images[-1]
+                for _ in range(2):  # full reorthogonalisation, twice for stability
+                    y = y - (y @ basis.T) @ basis
+                q = orth(y.reshape(width, *shape))
+        basis, image = torch.cat(blocks), torch.cat(images)
+        ritz = basis @ image.T
+        return torch.linalg.eigvalsh((ritz + ritz.T) / 2).abs().sort(descending=True).values[:k]
     q = orth(apply(omega))
     for _ in range(n_iter):
         q = orth(apply(orth(adjoint(q))))
@@ -593,11 +628,9 @@ def operator_ranks(ops: KPFlow, *, n_probes: int = 32, seed: int = 0, keep: str 
     between P K P* and P P* (the authors' ``op_alignment``) on the same probes.
     """
     probes = rademacher(n_probes, ops.shape, seed=seed, dtype=ops.hidden.dtype, device=str(ops.hidden.device))
-    back = ops.P_adj(probes)
-    k_out = ops.K(torch.cat([probes, back]))
-    p_out = ops.P(torch.cat([probes, back, k_out[n_probes:]]))
-    outputs = {"K": k_out[:n_probes], "P": p_out[:n_probes], "PKP": p_out[2 * n_probes :]}
-    result = {"alignment_PKP_PP": operator_alignment(outputs["PKP"], p_out[n_probes : 2 * n_probes])}
+    p_out = ops.P(torch.cat([probes, ops.P_adj(probes)]))
+    outputs = {"K": ops.K(probes), "P": p_out[:n_probes], "PKP": ops.PKP(probes)}
+    result = {"alignment_PKP_PP": operator_alignment(outputs["PKP"], p_out[n_probes:])}
     for name, out in outputs.items():
         evals = torch.linalg.eigvalsh(partial_gram(out, keep)).flip(-1).clamp_min(0)
         result[name] = int(effective_rank(evals, threshold))
@@ -621,6 +654,10 @@ def first_order_check(step: nn.Module, params: dict, inputs, targets, lr: float)
     predicted = -lr P K P* e; actual = h(theta - lr dL/dtheta) - h(theta).
     """
     lr = check_float("lr", lr, low=0.0, strict_low=True)
+    inputs, targets = torch.as_tensor(inputs), torch.as_tensor(targets)
+    want = (*inputs.shape[:2], params["readout_w"].shape[0])
+    if targets.shape != want:
+        raise ValueError(f"targets must have shape {want} (trials, time, readout outputs); got {tuple(targets.shape)}")
     loss = mse_loss(step)
     grads = torch.func.grad(loss)(params, inputs, targets)
     moved = {k: v - lr * grads[k] for k, v in params.items()}

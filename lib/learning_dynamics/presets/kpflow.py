@@ -18,7 +18,7 @@ class KPFlowPreset(ChapterPreset):
     steps: int = param(300, low=1, help="Adam steps")
     lr: float = param(5e-3, low=0.0, strict_low=True, help="Adam learning rate")
     record_every: int = param(10, low=1, help="record hidden-state ranks every this many steps")
-    analysis_every: int = param(5, low=1, help="rebuild the operators at every this-many-th record")
+    analysis_every: int = param(4, low=1, help="rebuild the operators at every this-many-th record")
     eval_trials: int = param(8, low=1, help="noise-free evaluation trials (evenly spaced angles)")
     n_probes: int = param(32, low=2, help="random +-1 probes per effective-rank estimate")
     spectrum_k: int = param(20, low=2, help="leading singular values of the full operators (randomised SVD)")
