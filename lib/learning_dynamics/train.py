@@ -155,6 +155,8 @@ def _summed_backward(loss_fn: Callable) -> Callable:
     def step(params, *batch):
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         loss = loss_fn(leaves, *batch)
+        if loss.ndim != 1:
+            raise ValueError(f"with batched_loss=True the loss must return one value per network; got shape {tuple(loss.shape)}")
         grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads)), loss.detach()
 

@@ -1,0 +1,212 @@
+"""Gated deep linear networks: the graph, the loss, and the neural race reduction against brute-force GD."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from learning_dynamics import gated, linear
+from learning_dynamics.tasks import hierarchy
+from learning_dynamics.train import train
+
+# ---------------------------------------------------------------------------
+# The graph and its data
+# ---------------------------------------------------------------------------
+
+DIAMOND = ({"x": 3, "a": 5, "b": 4, "y": 3},
+           {"xa": ("x", "a"), "xb": ("x", "b"), "ab": ("a", "b"), "ay": ("a", "y"), "by": ("b", "y")})
+
+
+def test_pathways_are_enumerated_from_inputs_to_outputs():
+    net = gated.GDLN(*DIAMOND)
+    assert net.inputs == ("x",) and net.outputs == ("y",)
+    assert set(net.pathways) == {("xa", "ay"), ("xa", "ab", "by"), ("xb", "by")}
+    assert net.order.index("a") < net.order.index("b")
+
+
+@pytest.mark.parametrize("nodes,edges,message", [
+    ({"x": 2, "h": 2, "y": 2}, {"e1": ("x", "h"), "e2": ("h", "y"), "e3": ("y", "h")}, "cycle"),
+    ({"x": 2, "h": 2}, {"e1": ("x", "h"), "e2": ("h", "z")}, "dangling"),
+    ({"x": 2, "h": 2, "z": 3}, {"e1": ("x", "h")}, "no edges"),
+    ({"x": 0, "h": 2}, {"e1": ("x", "h")}, "width of node 'x'"),
+    ({"x": 2, "h": 2}, {"e1": ("x",)}, "(source, target)"),
+])
+def test_malformed_graphs_raise(nodes, edges, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        gated.GDLN(nodes, edges)
+
+
+def test_bad_data_raises():
+    net = gated.GDLN(*DIAMOND)
+    x, y = np.zeros((6, 3)), np.zeros((6, 3))
+    with pytest.raises(ValueError, match="gate of edge 'ab' must have shape"):
+        gated.gated_data(net, {"x": x}, {"y": y}, edge_gates={"ab": np.ones(5)})
+    with pytest.raises(ValueError, match="unknown node"):
+        gated.gated_data(net, {"x": x}, {"y": y}, node_gates={"q": np.ones(6)})
+    with pytest.raises(ValueError, match="inputs"):
+        gated.gated_data(net, {"a": x}, {"y": y})
+    with pytest.raises(ValueError, match=r"targets\['y'\] must have shape"):
+        gated.gated_data(net, {"x": x}, {"y": np.zeros((6, 2))})
+    with pytest.raises(ValueError, match="must be zero where output node"):
+        gated.gated_data(net, {"x": x}, {"y": np.ones((6, 3))}, node_gates={"y": np.zeros(6)})
+
+
+def random_gated_data(net, n, rng):
+    inputs = {v: rng.standard_normal((n, net.nodes[v])) for v in net.inputs}
+    gates = {v: (rng.random(n) < 0.8).astype(float) for v in net.nodes}
+    targets = {v: rng.standard_normal((n, net.nodes[v])) * gates[v][:, None] for v in net.outputs}
+    edge_gates = {e: (rng.random(n) < 0.8).astype(float) for e in net.edges}
+    return gated.gated_data(net, inputs, targets, node_gates=gates, edge_gates=edge_gates, weights=rng.random(n))
+
+
+def test_correlation_loss_equals_per_sample_loss_and_gradient():
+    """The dynamics see the data only through the gated correlations (Saxe et al. 2022, Eq. 4)."""
+    rng = np.random.default_rng(0)
+    net = gated.GDLN(*DIAMOND)
+    datasets = [random_gated_data(net, 20, rng) for _ in range(3)]
+    params = gated.orthogonal_init(net, 0.7, 3, seed=1)
+    groups, corr = gated.correlation_batch(net, datasets)
+    samples = gated.data_tensors(net, datasets)
+    for p in (params, {k: v.clone().requires_grad_(True) for k, v in params.items()}):
+        a, b = gated.correlation_loss(net, groups)(p, *corr), gated.loss_function(net)(p, *samples)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    leaves = list(p.values())
+    ga = torch.autograd.grad(gated.correlation_loss(net, groups)(p, *corr).sum(), leaves)
+    gb = torch.autograd.grad(gated.loss_function(net)(p, *samples).sum(), leaves)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)
+    errors = gated.errors(net, params, samples)
+    assert errors.shape == (3, 20)
+
+
+def test_orthogonal_init_has_the_given_singular_values():
+    net = gated.GDLN(*DIAMOND)
+    params = gated.orthogonal_init(net, np.array([0.3, 2.0]), 2, seed=0)
+    for w in params.values():
+        s = torch.linalg.svdvals(w)
+        torch.testing.assert_close(s, torch.tensor([[0.3], [2.0]], dtype=s.dtype).expand_as(s))
+
+
+# ---------------------------------------------------------------------------
+# The reduction against brute-force gradient descent
+# ---------------------------------------------------------------------------
+
+
+def aligned_context_task(net, n_contexts, rank, rng):
+    """Random context-dependent gates and targets Y_c = U diag(s_c) V^T: the reduction's assumptions hold."""
+    x_node, y_node = net.inputs[0], net.outputs[0]
+    u = np.linalg.qr(rng.standard_normal((net.nodes[y_node], rank)))[0]
+    v = np.linalg.qr(rng.standard_normal((net.nodes[x_node], net.nodes[x_node])))[0]
+    n_items = net.nodes[x_node]
+    context = np.repeat(np.arange(n_contexts), n_items)
+    strengths = rng.uniform(0.5, 3.0, (n_contexts, rank)) * rng.choice([-1, 1], (n_contexts, rank))
+    y = np.concatenate([(u * s) @ v[:, :rank].T for s in strengths], axis=1).T  # rows: (context, item)
+    ctx_gates = {k: rng.integers(0, 2, n_contexts).astype(float) for k in list(net.edges)}
+    for k in ctx_gates:  # at least one pathway on in every context
+        ctx_gates[k][0] = 1.0
+    data = gated.gated_data(net, {x_node: np.tile(np.eye(n_items), (n_contexts, 1))}, {y_node: y},
+                            edge_gates={e: g[context] for e, g in ctx_gates.items()},
+                            weights=rng.uniform(0.5, 1.5, n_contexts)[context])
+    modes_in = {x_node: v[:, :rank]}
+    modes_out = {y_node: u}
+    return data, modes_in, modes_out
+
+
+class Task:
+    def __init__(self, net, data, modes_in, modes_out):
+        self.net, self.data, self.modes_in, self.modes_out = net, data, modes_in, modes_out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reduction_matches_brute_force_gd_on_random_gated_networks(seed):
+    rng = np.random.default_rng(seed)
+    nodes, edges = DIAMOND
+    net = gated.GDLN({**nodes, "x": 4, "y": 5}, edges)
+    task = Task(net, *aligned_context_task(net, 3, 3, rng))
+    run = gated.aligned_runs([task], 0.3, lr=2e-3, steps=600, records=30, seed=seed)
+    # GD step = Euler step of the reduced equations, exactly
+    steps, euler = gated.race_steps(run["start"][0], run["races"][0], 2e-3, 600)
+    np.testing.assert_allclose(run["edges_gd"][:, 0], euler[np.rint(run["times"] / 2e-3).astype(int)], atol=1e-11)
+    # and GD at a small step follows the reduced gradient flow
+    scale = np.abs(run["drive"]).max()
+    assert np.max(np.abs(run["gd"] - run["flow"])) < 0.02 * scale
+    # the loss in reduced variables is the network's loss
+    np.testing.assert_allclose(gated.race_loss(run["flow_edges"][0, 0], run["races"][0]), run["loss"][0, 0], rtol=1e-10)
+
+
+def test_reduction_refuses_data_that_break_its_assumptions():
+    rng = np.random.default_rng(3)
+    net = gated.GDLN(*DIAMOND)
+    data = random_gated_data(net, 30, rng)
+    with pytest.raises(ValueError, match="not diagonal"):
+        gated.race_reduction(net, data, {"x": np.eye(3)}, {"y": np.eye(3)})
+    with pytest.raises(ValueError, match="orthonormal"):
+        gated.race_reduction(net, data, {"x": 2 * np.eye(3)}, {"y": np.eye(3)})
+
+
+def test_ungated_gdln_is_the_plain_deep_linear_network():
+    """A chain GDLN without gates trains exactly like W2 W1 x, and its reduction is the Saxe sigmoid."""
+    task = hierarchy.tree_task(depth=2, hidden=6)
+    params = gated.orthogonal_init(task.net, 0.1, 2, seed=4)
+    ours = gated.train_gdln(task.net, params, task.data, steps=200, lr=0.02)
+    x = torch.eye(4, dtype=torch.float64).expand(2, 4, 4)
+    y = torch.as_tensor(hierarchy.tree_features(2)).expand(2, 7, 4)
+    plain = train(linear.matrix_loss, {"w1": params["W1"], "w2": params["W2"]}, data=(x, y), steps=200, lr=0.02 * 4)
+    # matrix_loss averages over the 4 items; the GDLN loss sums them
+    torch.testing.assert_close(ours.params["W1"], plain.params["w1"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.params["W2"], plain.params["w2"], rtol=1e-12, atol=1e-12)
+
+    race = gated.race_reduction(task.net, task.data, task.modes_in, task.modes_out)
+    _, s, _ = hierarchy.modes_of(hierarchy.tree_features(2))
+    t = np.linspace(0, 6, 50)
+    b = gated.race_solve(t, np.full((2, len(s)), 0.03), race)
+    np.testing.assert_allclose(gated.race_products(b, race)[:, 0], linear.sigmoid_mode(t[:, None], s, 0.03**2), rtol=1e-7)
+
+
+def test_chain_closed_form_matches_integration_and_the_race():
+    t = np.linspace(0, 12, 80)
+    w = np.array([0.5, 2.0, 0.5])
+    b0 = 0.2 * np.sqrt(w)                                  # b^2 / w equal: the closed-form branch
+    closed = gated.chain_solve(t, b0, w, 2.0)
+    sol = solve_ivp(lambda _, b: gated.chain_rhs(b, w, 2.0), (0, 12), b0, t_eval=t, rtol=1e-12, atol=1e-14, method="DOP853")
+    np.testing.assert_allclose(closed, sol.y.T, rtol=1e-7, atol=1e-10)
+    # the routing network's 49-pathway race collapses onto the chain with weights (K/M^2, K/M, K/M^2) x 3.5
+    routing = hierarchy.routing_task(hierarchy.routing_gate(7, 4), hidden=8)
+    race = gated.race_reduction(routing.net, routing.data, routing.modes_in, routing.modes_out)
+    _, s, _ = hierarchy.modes_of(hierarchy.routing_targets())
+    assert np.allclose(s**2, [185, 41, 9, 9])
+    b = gated.race_solve(t[:30], np.full((15, 4), 0.1), race)
+    chain = gated.chain_solve(t[:30], np.full((4, 3), 0.1), np.array([4 / 49, 4 / 7, 4 / 49]) * 3.5, s)
+    np.testing.assert_allclose(b[:, list(routing.net.edges).index("shared")], chain[..., 1], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5])
+def test_deep_mode_matches_integration(depth):
+    t = np.linspace(0, 30, 40)
+    sol = solve_ivp(lambda _, u: 0.4 * depth * u ** (2 - 2 / depth) * (1.5 - u), (0, 30), [1e-3],
+                    t_eval=t, rtol=1e-12, atol=1e-15, method="DOP853")
+    np.testing.assert_allclose(linear.deep_mode(t, 1.5, 1e-3, depth, 0.4), sol.y[0], rtol=1e-7, atol=1e-12)
+    with pytest.raises(ValueError, match="depth"):
+        linear.deep_mode(t, 1.5, 1e-3, 1)
+
+
+# ---------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------
+
+
+def test_routing_gate_and_tasks():
+    gate = hierarchy.routing_gate(7, 4)
+    assert (gate.sum(0) == 4).all() and (gate.sum(1) == 4).all()
+    assert set(np.flatnonzero(gate[0])) == {6, 0, 1, 2}
+    with pytest.raises(ValueError, match="n_trained"):
+        hierarchy.routing_gate(7, 8)
+    task = hierarchy.routing_task(gate, hidden=8)
+    assert task.data.n_samples == 28 * 4 and task.test.n_samples == 49 * 4
+    assert len(task.net.pathways) == 49
+    _, s, _ = hierarchy.modes_of(hierarchy.tree_features(3))
+    np.testing.assert_allclose(np.unique(s.round(9)), np.sqrt([1, 3, 7, 15]))
+    ctx = hierarchy.context_task(3, n_slots=5, shared_depth=3)
+    assert len(ctx.net.pathways) == 6 and ctx.data.weights.sum() == 12
+    with pytest.raises(ValueError, match="strengths"):
+        hierarchy.context_targets(2, (1.0, 2.0))
