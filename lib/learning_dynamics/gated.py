@@ -43,7 +43,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from . import linear
-from .train import TrainResult, train
+from .train import TrainResult, progress, train
 from .validation import check_array, check_int, check_positive
 
 # ---------------------------------------------------------------------------
@@ -229,8 +229,8 @@ class Correlations:
 
 def gated_correlations(net: GDLN, data: GatedData) -> Correlations:
     """Sigma_yx(p) = sum_n w g_p y x_p^T and Sigma_xx(q, p) = sum_n w g_q g_p x_q x_p^T."""
-    g = pathway_gates(net, data) * data.weights[:, None]
     gates = pathway_gates(net, data)
+    g = gates * data.weights[:, None]
     yx = [np.einsum("n,ni,nj->ij", g[:, k], data.targets[net.target(p)], data.inputs[net.source(p)])
           for k, p in enumerate(net.pathways)]
     xx = {}
@@ -499,8 +499,8 @@ class Race:
     """The reduced race of one GDLN on one dataset, for r modes.
 
     ``drive[p, a]`` is s_p^a, ``coupling[q, p, a]`` is d_qp^a (zero unless q and
-    p end at the same output node), and ``index`` lists each pathway's edges
-    (padded with E, a slot that holds 1).
+    p end at the same output node), ``index`` lists each pathway's edges
+    (padded with E, a slot that holds 1) and ``constant`` is 1/2 sum_n w_n |y_n|^2.
     """
 
     net: GDLN = field(repr=False)
@@ -625,7 +625,7 @@ def race_steps(b0, race: Race, lr: float, steps: int, record_every: int = 1):
     record_every = check_int("record_every", record_every, low=1)
     b = np.array(b0, dtype=np.float64)
     kept, out = [], []
-    for step in range(steps + 1):
+    for step in progress(range(steps + 1), desc="reduced equations, GD steps"):
         if step % record_every == 0 or step == steps:
             kept.append(step)
             out.append(b.copy())
@@ -634,7 +634,8 @@ def race_steps(b0, race: Race, lr: float, steps: int, record_every: int = 1):
     return np.array(kept), np.stack(out)
 
 
-def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: int = 0, flow: bool = True) -> dict:
+def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: int = 0, flow: bool = True,
+                 device="cpu") -> dict:
     """GD from the decoupled (aligned) init next to the reduction, for tasks that share one graph.
 
     Every task gets its own network; all train in one batched run. Each
@@ -654,7 +655,7 @@ def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: 
     start = np.stack([signed_strengths(r, b0) for r in races])
     bases = node_bases(net, tasks[0].modes_in, tasks[0].modes_out, seed=seed)
     every = max(1, steps // records)
-    result = train_gdln(net, aligned_init(net, bases, start), [t.data for t in tasks], steps=steps, lr=lr,
+    result = train_gdln(net, aligned_init(net, bases, start, device=device), [t.data for t in tasks], steps=steps, lr=lr,
                         record_every=every, seed=seed, desc="gated network, aligned init",
                         record=lambda p: {"pi": pathway_strengths(net, p, tasks[0].modes_in, tasks[0].modes_out),
                                           "b": edge_strengths(net, p, bases)})

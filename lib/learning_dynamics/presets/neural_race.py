@@ -41,9 +41,9 @@ class NeuralRace(ChapterPreset):
 register(
     "neural_race",
     NeuralRace,
-    smoke=dict(saxe_seeds=2, race_contexts=(1, 2, 4), race_steps=1250, race_lr=2e-3, routing_hidden=64,
+    smoke=dict(saxe_seeds=2, race_contexts=(1, 2, 4), race_steps=1000, race_lr=2.5e-3, routing_hidden=64, routing_epochs=400,
                routing_seeds=1, gen_inits=3, gen_trained=(1, 2, 4), gen_seeds=1, gen_lr=0.012, gen_epochs=350),
     book=dict(),
     paper=dict(saxe_seeds=20, routing_seeds=10, gen_seeds=10, race_contexts=(1, 2, 3, 4, 5, 6, 8, 10, 12),
-               race_steps=10000, race_lr=2.5e-4, gen_inits=12),
+               race_steps=10000, race_lr=2.5e-4),
 )
