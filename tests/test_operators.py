@@ -11,11 +11,24 @@ from torch.autograd.functional import jacobian
 from learning_dynamics import operators as O
 from learning_dynamics.tasks import recurrent as R
 
-KINDS = ("rnn", "gru")
+KINDS = ("rnn", "gru", "leaky")
+
+
+class LeakyStep(nn.Module):
+    """A user's own step, without the fast drive/recur path: h' = (1 - a) h + a tanh(W h + U x)."""
+
+    def __init__(self, n_in, n_hidden, leak=0.3):
+        super().__init__()
+        self.n_hidden, self.leak = n_hidden, leak
+        self.weight_hh = nn.Parameter(torch.zeros(n_hidden, n_hidden, dtype=torch.float64))
+        self.weight_ih = nn.Parameter(torch.zeros(n_hidden, n_in, dtype=torch.float64))
+
+    def forward(self, h, x):
+        return (1 - self.leak) * h + self.leak * torch.tanh(h @ self.weight_hh.T + x @ self.weight_ih.T)
 
 
 def toy(kind, hidden=4, trials=2, steps=5, n_in=3, g=1.5, seed=0):
-    step = O.make_step(kind, n_in, hidden)
+    step = LeakyStep(n_in, hidden) if kind == "leaky" else O.make_step(kind, n_in, hidden)
     params = {k: v[0] for k, v in O.init_params(step, 2, g=g, seed=seed).items()}
     x = torch.randn(trials, steps, n_in, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
     return step, params, x
@@ -104,7 +117,7 @@ def test_steps_equal_torch_cells(kind, cell):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_first_order_prediction_matches_a_small_gd_step(kind):
-    step = O.make_step(kind, 3, 8)
+    step = LeakyStep(3, 8) if kind == "leaky" else O.make_step(kind, 3, 8)
     params = {k: v[0] for k, v in O.init_params(step, 3, g=1.0, seed=0).items()}
     x, y = R.memory_pro(4, 3, 3, 4, generator=0)
     predicted, actual = O.first_order_check(step, params, x, y, 1e-4)
