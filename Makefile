@@ -13,9 +13,18 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install --quiet -e .
 	touch $(STAMP)
 
+# The execution cache keys on notebook code only, so a change to the library or
+# the pins clears it: the book never shows a figure the current code would not draw.
+CODE_HASH = $(shell find lib -name '*.py' -print0 | sort -z | xargs -0 cat pyproject.toml | sha256sum | cut -c1-16)
+
 book: $(STAMP)
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
-	@$(PYTHON) -m learning_dynamics.timings _build/.jupyter_cache || true
+	@mkdir -p _build
+	@if [ "$$(cat _build/.code-hash 2>/dev/null)" != "$(CODE_HASH)" ]; then \
+		rm -rf _build/.jupyter_cache _build/jupyter_execute _build/.doctrees _build/html; \
+		echo "library or pins changed: execution cache cleared"; fi
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+	@echo $(CODE_HASH) > _build/.code-hash
+	@$(PYTHON) -m learning_dynamics.timings
 
 test: $(STAMP)
 	$(PYTHON) -m pytest

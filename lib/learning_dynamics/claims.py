@@ -101,10 +101,11 @@ def rounded(x: float, digits: int = 3) -> str:
 
 def table_markdown(claims: list[Claim]) -> str:
     """A Markdown table: statement, paper, ours, tolerance, status."""
-    lines = ["| claim | paper / theory | ours | tolerance | status |", "|---|---|---|---|---|"]
+    lines = ["| claim | paper / theory | ours | tolerance | status | figure |", "|---|---|---|---|---|---|"]
     for c in claims:
         status = c.status if not c.known_discrepancy else f"{c.status}: {c.known_discrepancy}"
-        cells = (c.statement, c.paper, rounded(c.ours), c.tolerance, status)
+        figure = f"{{numref}}`{c.figure}`" if c.figure else ""
+        cells = (c.statement, c.paper, rounded(c.ours), c.tolerance, status, figure)
         lines.append("| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines)
 
@@ -129,7 +130,7 @@ def to_records(claims: list[Claim]) -> list[dict]:
     return out
 
 
-GLUE_NAME = "claims"
+GLUE_NAME = "claims"  # JSON records, read by the book's scorecard and the command line
 
 
 def report(claims: list[Claim], chapter: str) -> None:
@@ -138,7 +139,8 @@ def report(claims: list[Claim], chapter: str) -> None:
 
     if not claims:
         raise ValueError("report() needs at least one claim")
-    display(Markdown(table_markdown(claims)))
+    table = Markdown(table_markdown(claims))
+    display(table)
     try:
         from myst_nb import glue
 

@@ -1,0 +1,62 @@
+"""Build the book with -W from the committed (nbval-checked) outputs and inspect the HTML."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import NOTEBOOKS, ROOT
+
+JB = Path(sys.executable).with_name("jupyter-book")
+
+
+@pytest.fixture(scope="module")
+def html(tmp_path_factory):
+    """Build once per test session; execution is off because nbval re-executes the notebooks."""
+    out = tmp_path_factory.mktemp("book")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"
+    config_path = out / "_config.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([str(JB), "build", str(ROOT), "--path-output", str(out), "--config", str(config_path), "-W", "--keep-going"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out / "_build" / "html"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_chapter_page_has_figures_math_and_no_traceback(html, notebook):
+    page = (html / "notebooks" / f"{notebook.stem}.html").read_text()
+    figures = re.findall(r'<figure[^>]*id="(fig-[^"]+)"', page)
+    assert figures, "numbered figures with their labels"
+    for label in figures:
+        block = page[page.index(f'id="{label}"'):]
+        block = block[: block.index("</figure>")]
+        assert "<img" in block and "figcaption" in block
+    images = re.findall(r'<img[^>]*src="([^"]+)"', page)
+    assert all((html / "notebooks" / src).resolve().exists() for src in images if not src.startswith("http"))
+    assert 'class="math' in page, "math is marked up for MathJax"
+    assert "Traceback" not in page and "ClaimFailed" not in page
+    assert "<table" in page, "the claims table is rendered"
+
+
+@pytest.mark.slow
+def test_scorecard_lists_every_chapter_with_figure_links(html):
+    page = (html / "book" / "scorecard.html").read_text()
+    for notebook in NOTEBOOKS:
+        assert f'id="scorecard-notebooks-{notebook.stem}"' in page
+        assert f"../notebooks/{notebook.stem}.html#fig-" in page
+    assert "FAIL" not in page
+
+
+@pytest.mark.slow
+def test_status_bibliography_and_local_mathjax(html):
+    assert (html / "book" / "status.html").exists()
+    refs = (html / "book" / "references.html").read_text()
+    assert "Nam" in refs and "Saxe" in refs
+    assert (html / "_static" / "mathjax" / "tex-mml-chtml.js").exists()
+    assert "_static/mathjax/tex-mml-chtml.js" in (html / "book" / "intro.html").read_text()

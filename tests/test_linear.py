@@ -1,0 +1,129 @@
+"""Closed forms of `linear` against independent numerical integration and autograd."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from learning_dynamics import linear, tasks
+
+
+def integrate(rhs, y0, t):
+    sol = solve_ivp(rhs, (0, t[-1]), np.atleast_1d(y0), t_eval=t, rtol=1e-12, atol=1e-14, method="DOP853")
+    assert sol.success
+    return sol.y
+
+
+@pytest.mark.parametrize("target,u0,imbalance,rate", [(5, 0.01, 0, 0.3), (1, 0.3, 2, 1), (2, 3, 0.5, 0.7), (1, -0.5, 1, 1), (1, 0.5, -20, 1)])
+def test_mode_product_matches_integrated_product_ode(target, u0, imbalance, rate):
+    t = np.linspace(0, 8, 60)
+    ode = integrate(lambda _, u: rate * np.sqrt(imbalance**2 + 4 * u**2) * (target - u), u0, t)[0]
+    np.testing.assert_allclose(linear.mode_product(t, target, u0, imbalance, rate), ode, rtol=1e-8, atol=1e-10)
+
+
+def test_mode_product_matches_two_layer_flow():
+    """Integrate the two layers themselves, not the reduced product equation."""
+    a0, b0, target, p = 0.7, -0.2, 1.5, 0.8
+    t = np.linspace(0, 10, 50)
+    z = integrate(lambda _, z: [-p * z[1] * (z[0] * z[1] - target), -p * z[0] * (z[0] * z[1] - target)], [a0, b0], t)
+    theory = linear.mode_product(t, target, a0 * b0, a0**2 - b0**2, p)
+    np.testing.assert_allclose(theory, z[0] * z[1], rtol=1e-8, atol=1e-10)
+
+
+def test_sigmoid_is_balanced_special_case_and_half_time():
+    t = np.linspace(0, 6, 100)
+    np.testing.assert_allclose(linear.mode_product(t, 5, 0.01, 0.0, 0.3), linear.sigmoid_mode(t, 5, 0.01, 0.3), rtol=1e-12)
+    t_half = linear.sigmoid_half_time(5, 0.01, 0.3)
+    assert linear.sigmoid_mode(t_half, 5, 0.01, 0.3) == pytest.approx(2.5, rel=1e-12)
+
+
+def test_lazy_limit_is_exponential():
+    t = np.linspace(0, 0.5, 20)
+    big = 1e4
+    lazy = 1 - (1 - 0.2) * np.exp(-big * 1e-3 * t)
+    np.testing.assert_allclose(linear.mode_product(t, 1.0, 0.2, big, 1e-3), lazy, rtol=1e-3)
+
+
+def test_linear_model_half_time():
+    assert linear.linear_model(linear.linear_half_time(0.4), 3.0, 0.4) == pytest.approx(1.5)
+
+
+def test_gamma_plus_is_fixed_point_of_the_width_toy_flow():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 0.5, 50), rng.normal(0, 0.5, 50)
+    sigma0, s0 = np.mean(a**2 + b**2) / 2, np.mean(a * b)
+
+    def rhs(_, z):
+        a, b = z[:50], z[50:]
+        err = np.mean(a * b) - 1.0
+        return np.concatenate([-err * b, -err * a])
+
+    z = integrate(rhs, np.concatenate([a, b]), np.array([0.0, 60.0]))[:, -1]
+    growth = (z[:50] + z[50:]) / (a + b)
+    np.testing.assert_allclose(growth**2, linear.gamma_plus(sigma0, s0, 1.0), rtol=1e-7)
+
+
+def test_product_growth_validates():
+    with pytest.raises(ValueError, match="minus"):
+        linear.product_growth(1.0, 1.0, -1.0, 1.0)
+    with pytest.raises(ValueError, match="t must be"):
+        linear.product_growth(-1.0, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="u0"):
+        linear.mode_product(1.0, 1.0, -0.1, 0.0)
+    with pytest.raises(ValueError, match="S0"):
+        linear.gamma_plus(1.0, 2.0, 1.0)
+
+
+def random_rotations(d, seed):
+    gen = torch.Generator().manual_seed(seed)
+    u, _, vt = torch.linalg.svd(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    r, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    return u, vt, r
+
+
+def test_lambda_balanced_init_conserved_matrix_and_product():
+    u, vt, r = random_rotations(3, 1)
+    lams = torch.tensor([-2.0, 0.0, 3.5], dtype=torch.float64)
+    svals = torch.tensor([[0.5, 1.0, 2.0]] * 3, dtype=torch.float64)
+    w1, w2 = linear.lambda_balanced_init(lams, svals, u, vt, r)
+    q = linear.conserved_matrix(w1, w2)
+    torch.testing.assert_close(q, lams[:, None, None] * torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
+    torch.testing.assert_close(torch.linalg.svdvals(w2 @ w1), svals.flip(-1))
+
+
+def test_ntk_matches_autograd_jacobian():
+    gen = torch.Generator().manual_seed(2)
+    w1, w2 = torch.randn(3, 2, generator=gen, dtype=torch.float64), torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+
+    def outputs(w1, w2):  # ordered as (output index, sample)
+        return (w2 @ w1 @ x).reshape(-1)
+
+    j1, j2 = torch.autograd.functional.jacobian(outputs, (w1, w2))
+    jac = torch.cat([j1.reshape(8, -1), j2.reshape(8, -1)], dim=1)
+    torch.testing.assert_close(linear.ntk_two_layer(w1, w2, x), jac @ jac.T)
+
+
+def test_kernel_distance_properties():
+    k = torch.eye(4, dtype=torch.float64) + 0.1
+    assert float(linear.kernel_distance(k, 3 * k)) == pytest.approx(0.0, abs=1e-15)
+    assert float(linear.kernel_distance(k, -k)) == pytest.approx(2.0)
+
+
+def test_aligned_closed_form_grams_match_gradient_descent():
+    x, y = tasks.random_regression(10, 2, 2, seed=3)
+    lams, scales = np.array([-1.0, 0.3, 2.0]), np.array([1.0, 1.0, 2.0])
+    lr, steps = 0.001, 5000
+    run = linear.lambda_grid_runs(x, y, lams, scales, lr=lr, steps=steps, seed=0, aligned=True)
+    u, s, vt = np.linalg.svd(y @ x.T / 10)
+    for j, (lam, scale) in enumerate(zip(lams, scales)):
+        w1tw1, w2w2t = linear.aligned_layer_grams(lr * steps, lam, s / scale, np.full(2, np.sqrt(scale)), u, vt.T)
+        np.testing.assert_allclose(run["w1tw1"][-1][j], w1tw1, atol=2e-3)
+        np.testing.assert_allclose(run["w2w2t"][-1][j], w2w2t, atol=2e-3)
+
+
+def test_whiten_gives_identity_covariance():
+    x = linear.whiten(np.random.default_rng(0).normal(size=(3, 20)))
+    np.testing.assert_allclose(x @ x.T / 20, np.eye(3), atol=1e-12)
+    with pytest.raises(ValueError, match="number of samples"):
+        linear.whiten(np.ones((3, 3)))

@@ -1,0 +1,73 @@
+"""The batched trainer: same numbers as a per-network loop, clear failures."""
+
+import pytest
+import torch
+
+from learning_dynamics import linear, tasks
+from learning_dynamics.train import TrainingDiverged, train, train_loop
+
+
+def small_grid(n=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = {"w1": 0.5 * torch.randn(n, 3, 2, generator=gen, dtype=torch.float64),
+              "w2": 0.5 * torch.randn(n, 2, 3, generator=gen, dtype=torch.float64)}
+    x = torch.randn(2, 8, generator=gen, dtype=torch.float64).expand(n, 2, 8)
+    y = torch.randn(n, 2, 8, generator=gen, dtype=torch.float64)
+    return params, (x, y)
+
+
+def test_batched_equals_loop():
+    params, data = small_grid()
+    batched = train(linear.matrix_loss, params, data=data, steps=50, lr=0.05)
+    looped = train_loop(linear.matrix_loss, params, data=data, steps=50, lr=0.05)
+    for name in params:
+        torch.testing.assert_close(batched.params[name], looped[name], rtol=1e-12, atol=1e-12)
+
+
+def test_per_network_learning_rates_and_records():
+    params, data = small_grid(3)
+    lr = torch.tensor([0.0, 0.01, 0.1], dtype=torch.float64) + 1e-9
+    out = train(linear.matrix_loss, params, data=data, steps=10, lr=lr, record_every=4,
+                record=lambda p: {"prod": p["w2"] @ p["w1"]})
+    assert list(out.steps) == [0, 4, 8, 10]
+    assert out.records["prod"].shape == (4, 3, 2, 2)
+    assert out.records["loss"].shape == (4, 3)
+    assert torch.allclose(out.params["w1"][0], params["w1"][0], atol=1e-6)
+
+
+def test_adam_and_sampler_run_and_reduce_loss():
+    sampler = tasks.skill_sampler(tasks.skill_frequencies(3, 0.5), 1.0, 2, 64)
+    ones = torch.ones(2, 3, dtype=torch.float64)
+    out = train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, sampler=sampler, steps=200, lr=0.05, optimizer="adam")
+    assert (out.records["loss"][-1] < out.records["loss"][0]).all()
+
+
+def test_same_seed_same_result():
+    sampler = tasks.skill_sampler(tasks.skill_frequencies(3, 0.5), 1.0, 2, 16)
+    ones = torch.ones(2, 3, dtype=torch.float64)
+    runs = [train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, sampler=sampler, steps=20, lr=0.1, seed=4) for _ in range(2)]
+    torch.testing.assert_close(runs[0].params["a"], runs[1].params["a"], rtol=0, atol=0)
+
+
+def test_divergence_raises_instead_of_nan():
+    params, data = small_grid(2)
+    with pytest.raises(TrainingDiverged, match="diverged at step"):
+        train(linear.matrix_loss, {k: 30 * v for k, v in params.items()}, data=data, steps=200, lr=1.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(lr=-0.1), "lr must be"),
+    (dict(lr=torch.ones(4)), r"lr must be a scalar or have shape \(5,\)"),
+    (dict(steps=0), "steps must be"),
+    (dict(optimizer="sgdm"), "optimizer must be one of"),
+])
+def test_bad_arguments_name_the_parameter(kwargs, match):
+    params, data = small_grid()
+    base = dict(data=data, steps=5, lr=0.1)
+    with pytest.raises(ValueError, match=match):
+        train(linear.matrix_loss, params, **{**base, **kwargs})
+
+
+def test_mismatched_network_dimension_is_rejected():
+    with pytest.raises(ValueError, match="leading"):
+        train(linear.diagonal_loss, {"a": torch.ones(2, 3), "b": torch.ones(3, 3)}, data=(torch.ones(2, 4, 3), torch.ones(2, 4)), steps=1, lr=0.1)
