@@ -14,9 +14,10 @@ a stale excuse.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -131,6 +132,46 @@ def to_records(claims: list[Claim]) -> list[dict]:
 
 
 GLUE_NAME = "claims"  # JSON records, read by the book's scorecard and the command line
+# Notebooks executed before report() glued JSON under GLUE_NAME used this name for it.
+_LEGACY_GLUE_NAME = "claims_json"
+
+
+def records_from_notebook(nb: dict) -> dict | None:
+    """The ``{"chapter": ..., "claims": [records]}`` that a notebook (as a dict) glued, or None.
+
+    myst-nb stores a glued string as a ``display_data`` output whose metadata
+    holds ``scrapbook.name`` and whose data is the string's repr under
+    ``<scrapbook.mime_prefix>text/plain``.
+    """
+    found = {}
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            book = output.get("metadata", {}).get("scrapbook", {})
+            text = output.get("data", {}).get(book.get("mime_prefix", "") + "text/plain")
+            if book.get("name") in (GLUE_NAME, _LEGACY_GLUE_NAME) and text is not None:
+                try:
+                    value = json.loads(ast.literal_eval(text))
+                except (ValueError, SyntaxError, TypeError):
+                    continue  # e.g. an older notebook glued the Markdown table under GLUE_NAME
+                if isinstance(value, dict) and "claims" in value:
+                    found.setdefault(book["name"], value)
+    return found.get(GLUE_NAME, found.get(_LEGACY_GLUE_NAME))
+
+
+def from_records(records: list[dict]) -> list[Claim]:
+    """Claims rebuilt from :func:`to_records` output; a record whose status disagrees is an error."""
+    names = [f.name for f in fields(Claim)]
+    out = []
+    for r in records:
+        missing = [n for n in names[:5] if n not in r]
+        if missing:
+            raise ValueError(f"claim record {r.get('statement', r)!r} lacks {', '.join(missing)}")
+        claim = Claim(**{n: r[n] for n in names if n in r})
+        if r.get("status", claim.status) != claim.status:
+            raise ValueError(f"claim {claim.statement!r}: recorded status {r['status']!r} "
+                             f"but passed={claim.passed} gives {claim.status!r}")
+        out.append(claim)
+    return out
 
 
 def report(claims: list[Claim], chapter: str) -> None:

@@ -57,8 +57,11 @@ class ChapterPreset:
                 check_float(f.name, value, low=meta["low"], high=meta["high"], strict_low=meta["strict_low"])
             elif meta["kind"] == "choice":
                 check_choice(f.name, value, meta["choices"])
-            elif meta["kind"] == "tuple" and not isinstance(value, tuple):
-                raise ValueError(f"{f.name} must be a tuple; got {value!r}")
+            elif meta["kind"] == "tuple":
+                if isinstance(value, list):  # papermill and JSON/YAML parameters have lists, not tuples
+                    object.__setattr__(self, f.name, tuple(value))
+                elif not isinstance(value, tuple):
+                    raise ValueError(f"{f.name} must be a tuple (or list); got {value!r}")
 
     def tunable(self) -> dict[str, str]:
         """Chapter fields a reader may override, with their allowed range."""
