@@ -263,19 +263,15 @@ def crossing_times(times, curves, level):
     return np.where(hit, times[i - 1] + frac * (times[i] - times[i - 1]), np.nan)
 
 
-def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False):
-    """Full-batch GD of 2-2-2 linear networks over a grid of (lambda, scale), in one batched run.
+def lambda_grid_init(x, y, lams, scales, *, seed, aligned=False):
+    """Stacked lambda-balanced 2-2-2 inits (W1, W2) for a grid of (lambda, scale).
 
-    Network j starts lambda-balanced with W2^T W2 - W1 W1^T = lams[j] I and
-    product singular values sqrt(scales[j]), and fits Y / scales[j]
-    (Nam et al. 2025, Fig. 6a; the authors' lambda-balanced init). All
-    networks share the same random rotations (common random numbers), so
-    differences between cells come from lambda and scale alone. With
-    ``aligned=True`` the init shares the target's singular vectors, the case
-    solved in closed form by :func:`aligned_layer_grams`.
-
-    Returns W1 W1^T-free summaries: the initial and final layer grams
-    (W1^T W1, W2 W2^T) and the final loss, as numpy arrays.
+    Network j has W2^T W2 - W1 W1^T = lams[j] I and product singular values
+    sqrt(scales[j]) (Nam et al. 2025, Fig. 6a; the authors' lambda-balanced
+    init). All networks share the same random rotations (common random
+    numbers), so differences between cells come from lambda and scale alone.
+    With ``aligned=True`` the init shares the target's singular vectors, the
+    case solved in closed form by :func:`aligned_layer_grams`.
     """
     lams = torch.as_tensor(lams, dtype=torch.float64)
     scales = torch.as_tensor(scales, dtype=torch.float64)
@@ -292,7 +288,20 @@ def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False):
         u, _, vt = torch.linalg.svd(torch.randn(d, d, generator=gen, dtype=torch.float64))
     r, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     svals = torch.sqrt(scales)[:, None].expand(n, d)
-    w1, w2 = lambda_balanced_init(lams, svals, u, vt, r)
+    return lambda_balanced_init(lams, svals, u, vt, r)
+
+
+def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False):
+    """Full-batch GD of 2-2-2 linear networks from :func:`lambda_grid_init`, fitting Y / scale, in one batched run.
+
+    Returns W1 W1^T-free summaries: the initial and final layer grams
+    (W1^T W1, W2 W2^T), the final loss and the drift of the conserved matrix,
+    as numpy arrays.
+    """
+    w1, w2 = lambda_grid_init(x, y, lams, scales, seed=seed, aligned=aligned)
+    lams = torch.as_tensor(lams, dtype=torch.float64)
+    scales = torch.as_tensor(scales, dtype=torch.float64)
+    n, d = lams.numel(), x.shape[0]
     xt = torch.as_tensor(x).expand(n, *x.shape)
     yt = torch.as_tensor(y)[None] / scales[:, None, None]
     grams = lambda p: {  # noqa: E731
