@@ -1,30 +1,16 @@
 """Build the book with -W from the committed (nbval-checked) outputs and inspect the HTML."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import NOTEBOOKS, ROOT
-
-JB = Path(sys.executable).with_name("jupyter-book")
+from conftest import NOTEBOOKS
 
 
-@pytest.fixture(scope="module")
-def html(tmp_path_factory):
-    """Build once per test session; execution is off because nbval re-executes the notebooks."""
-    out = tmp_path_factory.mktemp("book")
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    config["execute"]["execute_notebooks"] = "off"
-    config_path = out / "_config.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    result = subprocess.run([str(JB), "build", str(ROOT), "--path-output", str(out), "--config", str(config_path), "-W", "--keep-going"],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return out / "_build" / "html"
+@pytest.fixture
+def html(built_book):
+    """The session's one build of the book (tests/conftest.py), shared with test_browser.py."""
+    return built_book
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 - Serves MathJax 3 from the pinned ``django-static-mathjax`` wheel instead of a
   CDN, so the book renders math offline (and in the browser test).
+- Drops the duplicate inline scripts that Sphinx 7.4 writes into every page.
 - ``{claims-scorecard}``: one section per chapter notebook in the TOC, each
   with a table built from the claims that the chapter glued under ``claims``
   in this build, linking every claim to the figure it checks. Nothing in the
@@ -22,7 +23,7 @@ from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
-from .claims import GLUE_NAME, rounded
+from .claims import _LEGACY_GLUE_NAME, GLUE_NAME, rounded
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,26 @@ def copy_mathjax(app, exception) -> None:
             shutil.copytree(src, dst, dirs_exist_ok=True)
         else:
             shutil.copy2(src, dst)
+
+
+def dedupe_inline_scripts(app, pagename, templatename, context, doctree) -> None:
+    """Drop the second copy of each inline (body-only) script on a page.
+
+    Sphinx 7.4's ``prepare_writing`` re-adds every registered script with its
+    filename ``None`` turned into ``''``, so an inline script that an extension
+    added after the builder started (sphinx-thebe's ``const THEBE_JS_URL = ...``)
+    appears twice, and the second ``const`` is a SyntaxError in the browser.
+    """
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, keep = set(), []
+    for js in scripts:
+        key = (js.filename or "", js.priority, tuple(sorted(js.attributes.items())))
+        if key not in seen:
+            seen.add(key)
+            keep.append(js)
+    scripts[:] = keep
 
 
 class scorecard_placeholder(nodes.General, nodes.Element):
@@ -88,13 +109,29 @@ class FillScorecard(SphinxPostTransform):
 
         for node in list(self.document.findall(scorecard_placeholder)):
             chapter = node["chapter"]
-            glued = read_glue_cache(self.env.mystnb_config.output_folder, chapter).get(GLUE_NAME)
-            if glued is None:
-                logger.warning(f"claims-scorecard: {chapter} glued no {GLUE_NAME!r}", location=node)
+            records = _glued_records(read_glue_cache(self.env.mystnb_config.output_folder, chapter))
+            if records is None:
+                logger.warning(f"claims-scorecard: {chapter} glued no JSON claims under {GLUE_NAME!r}", location=node)
                 node.parent.remove(node)
                 continue
-            records = json.loads(ast.literal_eval(glued["data"]["text/plain"]))["claims"]
             node.replace_self(_claims_table(records, self.env.docname))
+
+
+def _glued_records(glue_cache: dict) -> list[dict] | None:
+    """The claim records a chapter glued as JSON, under GLUE_NAME or the legacy name.
+
+    A notebook executed before report() glued its JSON under GLUE_NAME holds the
+    JSON under the legacy name and the Markdown table under GLUE_NAME
+    (notebooks/feedback_principle.ipynb, as committed).
+    """
+    for name in (GLUE_NAME, _LEGACY_GLUE_NAME):
+        try:
+            value = json.loads(ast.literal_eval(glue_cache[name]["data"]["text/plain"]))
+        except (KeyError, TypeError, ValueError, SyntaxError):
+            continue  # absent, or the Markdown table an older notebook glued under GLUE_NAME
+        if isinstance(value, dict) and "claims" in value:
+            return value["claims"]
+    return None
 
 
 HEADER = ("claim", "paper / theory", "ours", "tolerance", "status", "figure")
@@ -142,5 +179,6 @@ def setup(app):
     app.add_directive("claims-scorecard", ClaimsScorecard)
     app.add_post_transform(FillScorecard)
     app.connect("build-finished", copy_mathjax)
+    app.connect("html-page-context", dedupe_inline_scripts)
     app.config.mathjax_path = "mathjax/tex-mml-chtml.js"
     return {"parallel_read_safe": True, "parallel_write_safe": True}
