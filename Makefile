@@ -1,11 +1,12 @@
 # `make book` and `make test` each create .venv on first use.
+SHELL  := bash
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export LD_PROGRESS ?= 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test bench clean
+.PHONY: book test bench notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -28,6 +29,11 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest
+
+# Re-execute every chapter in place at the book preset (the outputs nbval compares), timing each.
+notebooks: $(STAMP)
+	@for nb in notebooks/*.ipynb; do \
+		TIMEFORMAT="$$nb: %R s"; time $(VENV)/bin/jupyter execute --inplace --timeout=600 $$nb || exit 1; done
 
 bench: $(STAMP)
 	$(PYTHON) bench/run.py

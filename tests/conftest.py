@@ -1,4 +1,4 @@
-"""Shared test setup: no progress bars, a headless matplotlib, float64 checks.
+"""Shared test setup: no progress bars (the kernels keep their inline figures, which nbval compares).
 
 Also the one book build of a test session (``built_book``), shared by
 tests/test_book.py and tests/test_browser.py.
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("LD_PROGRESS", "0")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import ast
-import json
 import shutil
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
-from .claims import _LEGACY_GLUE_NAME, GLUE_NAME, rounded
+from .claims import GLUE_NAME, parse_glued, rounded
 
 logger = logging.getLogger(__name__)
 
@@ -118,20 +116,10 @@ class FillScorecard(SphinxPostTransform):
 
 
 def _glued_records(glue_cache: dict) -> list[dict] | None:
-    """The claim records a chapter glued as JSON, under GLUE_NAME or the legacy name.
-
-    A notebook executed before report() glued its JSON under GLUE_NAME holds the
-    JSON under the legacy name and the Markdown table under GLUE_NAME
-    (notebooks/feedback_principle.ipynb, as committed).
-    """
-    for name in (GLUE_NAME, _LEGACY_GLUE_NAME):
-        try:
-            value = json.loads(ast.literal_eval(glue_cache[name]["data"]["text/plain"]))
-        except (KeyError, TypeError, ValueError, SyntaxError):
-            continue  # absent, or the Markdown table an older notebook glued under GLUE_NAME
-        if isinstance(value, dict) and "claims" in value:
-            return value["claims"]
-    return None
+    """The claim records a chapter glued as JSON under GLUE_NAME, or None."""
+    glued = glue_cache.get(GLUE_NAME, {}).get("data", {}).get("text/plain")
+    value = parse_glued(glued) if glued is not None else None
+    return value["claims"] if value else None
 
 
 HEADER = ("claim", "paper / theory", "ours", "tolerance", "status", "figure")
@@ -146,25 +134,33 @@ def _figure_ref(label: str, docname: str) -> nodes.Node:
 
 
 def _claims_table(records: list[dict], docname: str) -> nodes.table:
-    table = nodes.table(classes=["scorecard"])
-    group = nodes.tgroup(cols=len(HEADER))
-    table += group
-    group.extend(nodes.colspec(colwidth=1) for _ in HEADER)
-    head, body = nodes.thead(), nodes.tbody()
-    group += head
-    group += body
-    head += _row([nodes.Text(h) for h in HEADER])
+    rows, failed = [], []
     for r in records:
         status = r["status"] + (f": {r['known_discrepancy']}" if r["known_discrepancy"] else "")
         link = _figure_ref(r["figure"], docname) if r["figure"] else nodes.Text("")
-        cells = [nodes.Text(r["statement"]), nodes.Text(r["paper"]), nodes.Text(rounded(r["ours"])),
-                 nodes.Text(r["tolerance"]), nodes.Text(status), link]
-        body += _row(cells, status_ok=r["status"] in ("pass", "does not reproduce"))
+        rows.append([nodes.Text(r["statement"]), nodes.Text(r["paper"]), nodes.Text(rounded(r["ours"])),
+                     nodes.Text(r["tolerance"]), nodes.Text(status), link])
+        failed.append(r["status"] not in ("pass", "does not reproduce"))
+    return _table(HEADER, rows, failed, classes=["scorecard"])
+
+
+def _table(header, rows, failed=None, classes=()) -> nodes.table:
+    """A docutils table of header strings and rows of inline nodes; failed rows get class scorecard-fail."""
+    table = nodes.table(classes=list(classes))
+    group = nodes.tgroup(cols=len(header))
+    table += group
+    group.extend(nodes.colspec(colwidth=1) for _ in header)
+    head, body = nodes.thead(), nodes.tbody()
+    group += head
+    group += body
+    head += _row([nodes.Text(h) for h in header])
+    for i, cells in enumerate(rows):
+        body += _row(cells, failed=bool(failed and failed[i]))
     return table
 
 
-def _row(cells, status_ok: bool = True) -> nodes.row:
-    row = nodes.row(classes=[] if status_ok else ["scorecard-fail"])
+def _row(cells, failed: bool = False) -> nodes.row:
+    row = nodes.row(classes=["scorecard-fail"] if failed else [])
     for cell in cells:
         entry = nodes.entry()
         para = nodes.paragraph()
@@ -174,9 +170,40 @@ def _row(cells, status_ok: bool = True) -> nodes.row:
     return row
 
 
+class CoursePlan(SphinxDirective):
+    """``{course-plan}``: one row per content line ``chapter: what it builds on``.
+
+    The run-time columns come from ``bench/timings.json`` (written by
+    ``make bench``), so no time on the page is typed by hand.
+    """
+
+    has_content = True
+
+    def run(self):
+        from .cli import ROOT, TIMINGS, read_timings
+
+        self.env.note_dependency(str(ROOT / TIMINGS))
+        timings = read_timings()
+        rows = []
+        for line in self.content:
+            chapter, _, builds_on = line.partition(":")
+            chapter = chapter.strip()
+            doc = CHAPTER_DIR + chapter
+            if doc not in self.env.found_docs:
+                raise self.error(f"course-plan: {chapter!r} is not a chapter in the TOC")
+            xref = addnodes.pending_xref("", refdomain="std", reftype="doc", reftarget="/" + doc,
+                                         refexplicit=False, refdoc=self.env.docname)
+            xref += nodes.inline(text=chapter)
+            seconds = [timings.get(chapter, {}).get(p) for p in ("smoke", "book")]
+            rows.append([xref, nodes.Text(builds_on.strip())]
+                        + [nodes.Text(f"{t:.0f} s" if t is not None else "not measured") for t in seconds])
+        return [_table(("chapter", "builds on", "smoke run", "book run"), rows)]
+
+
 def setup(app):
     app.add_node(scorecard_placeholder)
     app.add_directive("claims-scorecard", ClaimsScorecard)
+    app.add_directive("course-plan", CoursePlan)
     app.add_post_transform(FillScorecard)
     app.connect("build-finished", copy_mathjax)
     app.connect("html-page-context", dedupe_inline_scripts)

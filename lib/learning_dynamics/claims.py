@@ -132,8 +132,6 @@ def to_records(claims: list[Claim]) -> list[dict]:
 
 
 GLUE_NAME = "claims"  # JSON records, read by the book's scorecard and the command line
-# Notebooks executed before report() glued JSON under GLUE_NAME used this name for it.
-_LEGACY_GLUE_NAME = "claims_json"
 
 
 def records_from_notebook(nb: dict) -> dict | None:
@@ -143,19 +141,22 @@ def records_from_notebook(nb: dict) -> dict | None:
     holds ``scrapbook.name`` and whose data is the string's repr under
     ``<scrapbook.mime_prefix>text/plain``.
     """
-    found = {}
     for cell in nb.get("cells", []):
         for output in cell.get("outputs", []):
             book = output.get("metadata", {}).get("scrapbook", {})
             text = output.get("data", {}).get(book.get("mime_prefix", "") + "text/plain")
-            if book.get("name") in (GLUE_NAME, _LEGACY_GLUE_NAME) and text is not None:
-                try:
-                    value = json.loads(ast.literal_eval(text))
-                except (ValueError, SyntaxError, TypeError):
-                    continue  # e.g. an older notebook glued the Markdown table under GLUE_NAME
-                if isinstance(value, dict) and "claims" in value:
-                    found.setdefault(book["name"], value)
-    return found.get(GLUE_NAME, found.get(_LEGACY_GLUE_NAME))
+            if book.get("name") == GLUE_NAME and text is not None:
+                return parse_glued(text)
+    return None
+
+
+def parse_glued(text: str) -> dict | None:
+    """The {"chapter", "claims"} object from the text/plain repr that glue stores; None if it is not one."""
+    try:
+        value = json.loads(ast.literal_eval(text))
+    except (ValueError, SyntaxError, TypeError):
+        return None
+    return value if isinstance(value, dict) and "claims" in value else None
 
 
 def from_records(records: list[dict]) -> list[Claim]:
