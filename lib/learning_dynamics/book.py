@@ -69,6 +69,13 @@ def dedupe_inline_scripts(app, pagename, templatename, context, doctree) -> None
     scripts[:] = keep
 
 
+def toc_chapters(env) -> list[str]:
+    """The chapter notebooks' docnames, in _toc.yml order (sphinx-external-toc's site map)."""
+    order = list(getattr(env, "external_site_map", None) or [])
+    found = [d for d in env.found_docs if d.startswith(CHAPTER_DIR)]
+    return sorted(found, key=lambda d: (order.index(d) if d in order else len(order), d))
+
+
 class scorecard_placeholder(nodes.General, nodes.Element):
     """Where one chapter's claims table goes, filled in once every chapter has run."""
 
@@ -79,7 +86,7 @@ class ClaimsScorecard(SphinxDirective):
     has_content = False
 
     def run(self):
-        chapters = sorted(d for d in self.env.found_docs if d.startswith(CHAPTER_DIR))
+        chapters = toc_chapters(self.env)
         if not chapters:
             raise self.error("claims-scorecard: no chapter notebooks under notebooks/ in the TOC")
         out = []
