@@ -41,8 +41,13 @@ class NeuralRace(ChapterPreset):
 register(
     "neural_race",
     NeuralRace,
-    smoke=dict(saxe_seeds=2, race_contexts=(1, 2, 4), race_steps=1000, race_lr=2.5e-3, routing_hidden=64, routing_epochs=400,
-               routing_seeds=1, gen_inits=3, gen_trained=(1, 2, 4), gen_seeds=1, gen_lr=0.012, gen_epochs=350),
+    # smoke keeps the book's physical times t = lr x steps where a claim needs convergence, with larger steps:
+    # Saxe t = 7 (the s = 1 modes are within 1% of s by t ~ 6); race t = 2.5 at lr 4e-3 (GD-vs-flow error ~ lr C s,
+    # 0.037 < 0.05 with C <= 4); routing t = 8.1 at lr 0.03 (the s = 3 modes and the sqrt(M) ratio have settled;
+    # lr x curvature of the strongest mode ~ 1.6 < 2); generalisation t = 7.2 at sigma0 = 0.2 (step 0.034).
+    smoke=dict(saxe_seeds=2, saxe_steps=700, race_contexts=(1, 2, 4), race_steps=625, race_lr=4e-3, routing_hidden=64,
+               routing_lr=0.03, routing_epochs=270, routing_seeds=1, gen_inits=3, gen_trained=(1, 2, 4), gen_seeds=1,
+               gen_lr=0.02, gen_epochs=210),
     book=dict(),
     paper=dict(saxe_seeds=20, routing_seeds=10, gen_seeds=10, race_contexts=(1, 2, 3, 4, 5, 6, 8, 10, 12),
                race_steps=10000, race_lr=2.5e-4),
