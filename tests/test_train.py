@@ -71,3 +71,20 @@ def test_bad_arguments_name_the_parameter(kwargs, match):
 def test_mismatched_network_dimension_is_rejected():
     with pytest.raises(ValueError, match="leading"):
         train(linear.diagonal_loss, {"a": torch.ones(2, 3), "b": torch.ones(3, 3)}, data=(torch.ones(2, 4, 3), torch.ones(2, 4)), steps=1, lr=0.1)
+
+
+def test_linear_losses_work_for_one_network_and_for_stacked_networks():
+    """The feedback-principle losses train with batched_loss=True; it must match the vmap path."""
+    gen = torch.Generator().manual_seed(3)
+    rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    cases = [
+        (linear.diagonal_loss, {"a": rand(4, 3), "b": rand(4, 3)}, (rand(4, 7, 3), rand(4, 7))),
+        (linear.linear_loss, {"theta": rand(4, 3)}, (rand(4, 7, 3), rand(4, 7))),
+        (linear.matrix_loss, {"w1": rand(4, 2, 2), "w2": rand(4, 2, 2)}, (rand(4, 2, 10), rand(4, 2, 10))),
+        (linear.width_toy_loss, {"a": rand(4, 5), "b": rand(4, 5)}, (rand(4),)),
+    ]
+    for loss, params, data in cases:
+        stacked = train(loss, params, data=data, steps=30, lr=0.01, batched_loss=True)
+        vmapped = train(loss, params, data=data, steps=30, lr=0.01)
+        for name in params:
+            torch.testing.assert_close(stacked.params[name], vmapped.params[name], rtol=1e-12, atol=1e-14)
