@@ -84,6 +84,10 @@ def test_bad_run_arguments_fail_before_any_kernel(args, message):
 
 
 def test_seed_device_and_tuples_from_p(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     args = cli.build_parser().parse_args(["run", "kpflow", "-p", "seed=3", "-p", "device=cuda:1", "-p", "g_values=(0.1, 1.0)"])
     job = cli.validate_run(args)
     assert job["parameters"] == {"preset": "book", "seed": 3, "device": "cuda:1", "overrides": {"g_values": [0.1, 1.0]}}
@@ -167,3 +171,12 @@ def test_check_rejects_missing_or_inconsistent_records(tmp_path):
     (tmp_path / "claims.json").write_text(json.dumps({"chapter": "demo", "claims": [{**good[0], "status": "FAIL"}]}))
     result = ld("check", tmp_path)
     assert result.returncode == 2 and "recorded status 'FAIL'" in result.stderr
+
+
+def test_cuda_without_a_gpu_fails_before_any_kernel(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = cli.build_parser().parse_args(["run", "kpflow", "--device", "cuda"])
+    with pytest.raises(cli.UsageError, match="device must be 'cpu' on this machine"):
+        cli.validate_run(args)

@@ -69,6 +69,14 @@ def check_device(name: str, value) -> str:
     """``cpu``, ``cuda`` or ``cuda:N``."""
     if not isinstance(value, str) or not (value == "cpu" or value == "cuda" or value.startswith("cuda:")):
         raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N'; got {value!r}")
+    if value != "cpu":
+        import torch  # only here: CPU runs validate without importing torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} must be 'cpu' on this machine (torch sees no CUDA device); got {value!r}")
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{name} must be 'cpu' or 'cuda:N' with N < {torch.cuda.device_count()}; got {value!r}")
     return value
 
 
