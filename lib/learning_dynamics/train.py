@@ -120,13 +120,15 @@ def train(
     generator = torch.Generator(device=first.device).manual_seed(seed)
     state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()} if optimizer == "adam" else {}
 
+    rates = {name: lr.reshape((n,) + (1,) * (p.ndim - 1)) for name, p in params.items()}
     record_steps = sorted(set(range(0, steps + 1, record_every)) | {steps})
+    recorded = set(record_steps)
     kept: dict[str, list] = {"loss": []}
     for step in progress(range(steps + 1), desc=desc, total=steps + 1):
         batch = data if data is not None else sampler(generator, step)
         grads, loss = step_fn(params, *batch)
         _check_finite(loss, step, max_loss)
-        if step in record_steps:
+        if step in recorded:
             kept["loss"].append(loss.detach().cpu().numpy())
             if record is not None:
                 for name, value in record(params).items():
@@ -135,7 +137,7 @@ def train(
             break
         with torch.no_grad():
             for name, g in grads.items():
-                rate = lr.reshape((n,) + (1,) * (g.ndim - 1))
+                rate = rates[name]
                 if optimizer == "adam":
                     m, v = state[name]
                     m.mul_(betas[0]).add_(g, alpha=1 - betas[0])
@@ -197,7 +199,8 @@ def _learning_rates(lr, n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _check_finite(loss: torch.Tensor, step: int, max_loss: float) -> None:
-    bad = ~torch.isfinite(loss) | (loss.abs() > max_loss)
-    if bool(bad.any()):
+    worst = float(loss.abs().max())  # NaN if any loss is NaN
+    if not worst <= max_loss:
+        bad = ~torch.isfinite(loss) | (loss.abs() > max_loss)
         idx = torch.nonzero(bad).flatten().tolist()
         raise TrainingDiverged(step, idx, float(loss[idx[0]]))
