@@ -5,6 +5,7 @@ The `book`-preset regression check is nbval over notebooks/ (see pyproject.toml)
 
 import json
 import os
+import re
 
 import papermill as pm
 import pytest
@@ -42,6 +43,8 @@ def test_structure(notebook):
     assert "report(" in "".join(code[-1]["source"]), "the last code cell reports the claims"
     text = "".join("".join(c["source"]) for c in cells(notebook) if c["cell_type"] == "markdown")
     assert "{cite:" in text and ":::{exercise}" in text and ":::{solution}" in text
+    solutions = re.findall(r":::\{solution\}[^\n]*\n((?::[a-z]+:[^\n]*\n)*)", text)
+    assert all(":class: dropdown" in options for options in solutions), "solutions are hidden by default"
 
 
 @pytest.mark.slow
