@@ -169,7 +169,9 @@ def rows() -> list[dict]:
     return out
 
 
-if __name__ == "__main__":
-    for row in rows():
-        print(f"{row['benchmark']:<70} ours {row['batched_s']:.3g} s  other {row['loop_s']:.3g} s  "
-              f"ratio {row['ratio']:.3g}  ({row['note']})")
+if __name__ == "__main__":  # python bench/bench_kpflow.py [book] [paper]: rows print as each size finishes
+    kp = _kpflow()
+    for label in sys.argv[1:] or list(SIZES):
+        for row in _rows_for(label, kp, *SIZES[label]):
+            print(f"{row['benchmark']:<70} ours {row['batched_s']:.3g} s  other {row['loop_s']:.3g} s  "
+                  f"ratio {row['ratio']:.3g}  ({row['note']})", flush=True)
