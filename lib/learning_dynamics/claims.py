@@ -181,8 +181,7 @@ def report(claims: list[Claim], chapter: str) -> None:
 
     if not claims:
         raise ValueError("report() needs at least one claim")
-    table = Markdown(table_markdown(claims))
-    display(table)
+    display(Markdown(table_markdown(claims)))
     try:
         from myst_nb import glue
 
