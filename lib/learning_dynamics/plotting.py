@@ -35,8 +35,17 @@ STYLE = {
 
 
 def use_style() -> None:
-    """Apply the book style to matplotlib (called by every chapter)."""
+    """Apply the book style to matplotlib (called by every chapter).
+
+    In a notebook, figures are rendered without ``bbox_inches="tight"``: the
+    constrained layout already fits them, and the tight box costs a second
+    full draw of every figure.
+    """
     mpl.rcParams.update(STYLE)
+    if "inline" in mpl.get_backend():
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("png", bbox_inches=None)
 
 
 def color(i: int) -> str:
