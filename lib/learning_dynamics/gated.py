@@ -321,14 +321,37 @@ def errors(net: GDLN, params: dict[str, torch.Tensor], batch: tuple, groups=None
     return per_sample @ torch.as_tensor(onehot, dtype=per_sample.dtype, device=per_sample.device)
 
 
+@dataclass(frozen=True)
+class _LossGroup:
+    """Output nodes whose pathways are handled together in :func:`correlation_loss`.
+
+    ``paths[g]`` lists the kept pathways into output node ``outputs[g]`` (the
+    column order of its Sigma_yx and Sigma_xx blocks). When every node of the
+    group reaches all its pathways through one last edge (``last[g]``) from the
+    same prefixes, the products [W_p1, W_p2, ...] are W_last @ [prefix products]
+    for all nodes at once; otherwise the group is a single node.
+    """
+
+    outputs: tuple
+    paths: tuple
+    last: tuple | None
+    prefixes: tuple | None
+
+    def __len__(self):  # the number of kept pathways per node
+        return len(self.paths[0])
+
+
 def correlation_batch(net: GDLN, data: GatedData | list[GatedData], n_networks: int | None = None, device="cpu"):
     """The gated correlations as tensors for :func:`correlation_loss`, with the network dimension in front.
 
-    Pathways are grouped by output node, and only those with a non-zero
-    correlation in some network are kept. Returns ``(groups, tensors)``:
-    ``groups`` lists the kept pathway indices per output node, and ``tensors``
-    is (constant, then per group the Sigma_yx of its pathways side by side and
-    the block matrix of their Sigma_xx).
+    Pathways are grouped by output node; an output node is kept if some
+    pathway into it has a non-zero correlation in some network, and then all
+    its pathways are kept (zero blocks cost less than separate products).
+    Output nodes that share their pathways' prefixes and last-edge structure
+    are stacked. Returns ``(groups, tensors)``: ``groups`` describes the
+    groups, ``tensors`` is (constant, then per group the Sigma_yx of its
+    pathways side by side, shape (G, out, sum of input widths), and the block
+    matrix of their Sigma_xx, shape (G, sum, sum)).
     """
     datasets = data if isinstance(data, list) else [data]
     corrs = [gated_correlations(net, d) for d in datasets]
@@ -336,20 +359,60 @@ def correlation_batch(net: GDLN, data: GatedData | list[GatedData], n_networks: 
     def stack(values):
         return torch.as_tensor(np.stack(values), dtype=torch.float64, device=device)
 
-    groups, tensors = [], [stack([0.5 * sum((d.weights[:, None] * d.targets[v] ** 2).sum() for v in net.outputs)
-                                  for d in datasets])]
+    classes: dict = {}
     for v in net.outputs:
         into = [k for k, p in enumerate(net.pathways) if net.target(p) == v]
-        kept = [k for k in into if any(np.any(c.yx[k]) or any(np.any(c.xx[(q, k)]) for q in into) for c in corrs)]
-        if not kept:
+        if not any(np.any(c.yx[k]) or any(np.any(c.xx[(q, k)]) for q in into) for c in corrs for k in into):
             continue
-        groups.append(kept)
-        tensors.append(stack([np.concatenate([c.yx[k] for k in kept], axis=1) for c in corrs]))
-        tensors.append(stack([np.block([[c.xx[(q, k)] for k in kept] for q in kept]) for c in corrs]))
+        paths = tuple(net.pathways[k] for k in into)
+        lasts = {p[-1] for p in paths}
+        if len(lasts) == 1 and all(len(p) > 1 for p in paths):
+            key = ("shared", tuple(p[:-1] for p in paths), net.nodes[v])
+        else:
+            key = ("single", v)
+        classes.setdefault(key, []).append((v, into, paths))
+    groups, tensors = [], [stack([0.5 * sum((d.weights[:, None] * d.targets[v] ** 2).sum() for v in net.outputs)
+                                  for d in datasets])]
+    for key, members in classes.items():
+        shared = key[0] == "shared"
+        groups.append(_LossGroup(tuple(m[0] for m in members), tuple(m[2] for m in members),
+                                 tuple(m[2][0][-1] for m in members) if shared else None, key[1] if shared else None))
+        tensors.append(stack([np.stack([np.concatenate([c.yx[k] for k in into], axis=1) for _, into, _ in members])
+                              for c in corrs]))
+        tensors.append(stack([np.stack([np.block([[c.xx[(q, k)] for k in into] for q in into]) for _, into, _ in members])
+                              for c in corrs]))
     if not isinstance(data, list):
         n_networks = check_int("n_networks", 1 if n_networks is None else n_networks, low=1)
         tensors = [t.expand(n_networks, *t.shape[1:]) for t in tensors]
     return groups, tuple(tensors)
+
+
+def _side_by_side(paths: tuple, params: dict, cache: dict) -> torch.Tensor:
+    """[W_p1, W_p2, ...] for pathways into one node, sharing common suffixes: (..., width, sum of input widths)."""
+    if paths not in cache:
+        blocks, start = [], 0
+        while start < len(paths):
+            end = start
+            while end < len(paths) and paths[end][-1] == paths[start][-1]:
+                end += 1
+            run = paths[start:end]
+            w = params[run[0][-1]]
+            if len(run[0]) > 1:
+                w = w @ _side_by_side(tuple(p[:-1] for p in run), params, cache)
+            blocks.append(w)
+            start = end
+        cache[paths] = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
+    return cache[paths]
+
+
+def pathway_products(net: GDLN, params: dict[str, torch.Tensor], node: str) -> torch.Tensor:
+    """[W_p1, W_p2, ...] side by side for the pathways into ``node`` (in ``net.pathways`` order), sharing common factors.
+
+    Shape (networks, width of node, sum of the pathways' input widths).
+    """
+    if node not in net.outputs:
+        raise ValueError(f"node must be an output node {list(net.outputs)}; got {node!r}")
+    return _side_by_side(tuple(p for p in net.pathways if net.target(p) == node), params, {})
 
 
 def correlation_loss(net: GDLN, groups):
@@ -358,28 +421,32 @@ def correlation_loss(net: GDLN, groups):
     L = c - sum_p <W_p, Sigma_yx(p)> + 1/2 sum_{q,p} <W_q Sigma_xx(q,p), W_p>, with
     c = 1/2 sum_n w_n |y_n|^2: the learning dynamics see the data only through
     these correlations. The pathways into one output node are handled side by
-    side ([W_p1, W_p2, ...] against block matrices), and pathway products share
-    their common prefixes. Takes the tensors of :func:`correlation_batch`;
-    broadcasts over leading (network) dimensions and returns one loss per network.
+    side ([W_p1, W_p2, ...] against block matrices), pathway products share
+    their common suffixes and prefixes, and output nodes reached through the
+    same prefixes are stacked, so the loss is a handful of batched products.
+    Takes the tensors of :func:`correlation_batch`; broadcasts over leading
+    (network) dimensions and returns one loss per network.
     """
 
     def loss(params, constant, *corr):
         cache = {}
-
-        def product(path):
-            if path not in cache:
-                w = params[path[-1]]
-                cache[path] = w if len(path) == 1 else w @ product(path[:-1])
-            return cache[path]
-
         total = constant
         for g, group in enumerate(groups):
             yx, xx = corr[2 * g], corr[2 * g + 1]
-            w = torch.cat([product(net.pathways[k]) for k in group], dim=-1)
-            total = total - (w * yx).sum((-1, -2)) + 0.5 * ((w @ xx) * w).sum((-1, -2))
+            if group.last is not None:
+                prefix = _side_by_side(group.prefixes, params, cache)
+                last = params[group.last[0]].unsqueeze(-3) if len(group.last) == 1 else \
+                    torch.stack([params[e] for e in group.last], dim=-3)
+                w = last @ prefix.unsqueeze(-3)                                  # (..., G, out, sum)
+            else:
+                w = _side_by_side(group.paths[0], params, cache).unsqueeze(-3)
+            total = total - (w * yx).sum((-1, -2, -3)) + 0.5 * ((w @ xx) * w).sum((-1, -2, -3))
         return total
 
     return loss
+
+
+SINGLE_THREAD_BELOW = 100_000  # stacked weight entries below which train_gdln runs on one CPU thread
 
 
 def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, lr, record=None,
@@ -393,8 +460,19 @@ def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, 
     n = next(iter(params.values())).shape[0]
     device = next(iter(params.values())).device
     groups, batch = correlation_batch(net, data, None if isinstance(data, list) else n, device=device)
-    return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,
-                 record_every=record_every, seed=seed, desc=desc, batched_loss=True)
+    # Small CPU problems: one intra-op thread. Each step is a few dozen tiny products, and a second thread
+    # only adds synchronisation (and spins a core); the previous setting is restored afterwards.
+    size = sum(p.numel() for p in params.values())
+    threads = torch.get_num_threads()
+    single = device.type == "cpu" and size < SINGLE_THREAD_BELOW and threads > 1
+    if single:
+        torch.set_num_threads(1)
+    try:
+        return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,
+                     record_every=record_every, seed=seed, desc=desc, batched_loss=True)
+    finally:
+        if single:
+            torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------
@@ -465,28 +543,69 @@ def aligned_init(net: GDLN, bases: dict[str, np.ndarray], strengths, device="cpu
 # ---------------------------------------------------------------------------
 
 
+def pathway_projector(net: GDLN, modes_in: dict, modes_out: dict, dtype=torch.float64, device="cpu"):
+    """A function params -> :func:`pathway_strengths`, with the mode bases prepared once (for recording every step)."""
+    plan = []
+    for v in net.outputs:
+        into = [k for k, p in enumerate(net.pathways) if net.target(p) == v]
+        if not into:
+            continue
+        paths = tuple(net.pathways[k] for k in into)
+        vs = [np.asarray(modes_in[net.source(p)], dtype=np.float64) for p in paths]
+        r = vs[0].shape[1]
+        block = np.zeros((sum(x.shape[0] for x in vs), len(vs), r))      # block-diagonal V: columns -> (pathway, mode)
+        row = 0
+        for k, x in enumerate(vs):
+            block[row:row + x.shape[0], k] = x
+            row += x.shape[0]
+        u = torch.as_tensor(np.asarray(modes_out[v], dtype=np.float64), dtype=dtype, device=device)
+        plan.append((into, paths, u, torch.as_tensor(block, dtype=dtype, device=device)))
+    order = np.argsort(np.concatenate([into for into, *_ in plan]))
+
+    def project(params):
+        cache, out = {}, []
+        for _, paths, u, block in plan:
+            w = _side_by_side(paths, params, cache)                               # (n, out, sum of input widths)
+            out.append(torch.einsum("ia,nij,jka->nka", u, w, block))
+        pi = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        return pi if len(plan) == 1 and np.all(order == np.arange(len(order))) else pi[:, torch.as_tensor(order)]
+
+    return project
+
+
 def pathway_strengths(net: GDLN, params: dict[str, torch.Tensor], modes_in: dict, modes_out: dict) -> torch.Tensor:
     """pi_p^alpha = u_alpha^T W_p v_alpha for every network, pathway and mode: shape (networks, P, r)."""
-    out = []
-    for p in net.pathways:
-        w = params[p[0]]
-        for e in p[1:]:
-            w = params[e] @ w
-        u = torch.as_tensor(modes_out[net.target(p)], dtype=w.dtype, device=w.device)
-        v = torch.as_tensor(modes_in[net.source(p)], dtype=w.dtype, device=w.device)
-        out.append(torch.einsum("ia,nij,ja->na", u, w, v))
-    return torch.stack(out, dim=1)
+    w = next(iter(params.values()))
+    return pathway_projector(net, modes_in, modes_out, w.dtype, w.device)(params)
+
+
+def edge_projector(net: GDLN, bases: dict[str, np.ndarray], dtype=torch.float64, device="cpu"):
+    """A function params -> :func:`edge_strengths`, with the bases prepared once and edges of one shape stacked."""
+    classes: dict = {}
+    for k, (e, (s, t)) in enumerate(net.edges.items()):
+        classes.setdefault(net.edge_shape(e), []).append((k, e, s, t))
+    plan = []
+    for members in classes.values():
+        rt = torch.as_tensor(np.stack([bases[t] for *_, t in members]), dtype=dtype, device=device)
+        rs = torch.as_tensor(np.stack([bases[s] for _, _, s, _ in members]), dtype=dtype, device=device)
+        plan.append(([e for _, e, _, _ in members], rt, rs))
+    order = np.argsort(np.concatenate([[k for k, *_ in members] for members in classes.values()]))
+    identity = bool(np.all(order == np.arange(len(order))))
+    order = torch.as_tensor(order, device=device)
+
+    def project(params):
+        out = [torch.einsum("eia,neij,eja->nea", rt, torch.stack([params[e] for e in edges], dim=1), rs)
+               for edges, rt, rs in plan]
+        b = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        return b if identity else b[:, order]
+
+    return project
 
 
 def edge_strengths(net: GDLN, params: dict[str, torch.Tensor], bases: dict[str, np.ndarray]) -> torch.Tensor:
     """b_e^alpha = R_target[:, alpha]^T W_e R_source[:, alpha]: shape (networks, E, r)."""
-    out = []
-    for e, (s, t) in net.edges.items():
-        w = params[e]
-        rt = torch.as_tensor(bases[t], dtype=w.dtype, device=w.device)
-        rs = torch.as_tensor(bases[s], dtype=w.dtype, device=w.device)
-        out.append(torch.einsum("ia,nij,ja->na", rt, w, rs))
-    return torch.stack(out, dim=1)
+    w = next(iter(params.values()))
+    return edge_projector(net, bases, w.dtype, w.device)(params)
 
 
 # ---------------------------------------------------------------------------
@@ -558,6 +677,22 @@ def race_reduction(net: GDLN, data: GatedData, modes_in: dict, modes_out: dict, 
     return Race(net, drive, coupling, index, float(constant))
 
 
+def stack_races(races) -> Race:
+    """One :class:`Race` for several reductions of the same graph: drive (n, P, r), coupling (n, P, P, r).
+
+    Strengths of shape (..., n, E, r) then follow all n races at once (one ODE
+    solve instead of n); the races must share the graph's pathway index.
+    """
+    races = list(races)
+    if not races:
+        raise ValueError("stack_races needs at least one Race")
+    index = races[0].index
+    if any(r.index.shape != index.shape or np.any(r.index != index) for r in races):
+        raise ValueError("every race must come from the same graph (the same pathways and edges)")
+    return Race(races[0].net, np.stack([r.drive for r in races]), np.stack([r.coupling for r in races]), index,
+                np.array([r.constant for r in races]))
+
+
 def race_products(b, race: Race) -> np.ndarray:
     """pi_p = prod_{e in p} b_e for strengths b of shape (..., E, r): shape (..., P, r)."""
     b = np.asarray(b, dtype=np.float64)
@@ -573,41 +708,55 @@ def race_loss(b, race: Race) -> np.ndarray:
     """
     pi = race_products(b, race)
     return (race.constant - (race.drive * pi).sum((-1, -2))
-            + 0.5 * np.einsum("qpa,...qa,...pa->...", race.coupling, pi, pi))
+            + 0.5 * np.einsum("...qpa,...qa,...pa->...", race.coupling, pi, pi))
+
+
+def _race_field(race: Race):
+    """db/dt as a function of b (..., E, r), with the race's index and scatter matrix prepared once."""
+    index, n_edges = race.index, race.n_edges
+    n_paths, depth = index.shape
+    scatter = np.zeros((n_edges + 1, n_paths * depth))
+    scatter[index.ravel(), np.arange(n_paths * depth)] = 1.0     # (pathway, position) -> its edge
+    scatter = scatter[:n_edges]
+    drive, coupling = race.drive, race.coupling
+
+    def rhs(b):
+        b = np.asarray(b, dtype=np.float64)
+        ext = np.concatenate([b, np.ones(b.shape[:-2] + (1, b.shape[-1]))], axis=-2)
+        factors = ext[..., index, :]  # (..., P, L, r)
+        # prod_{e' in p, e' != e} b_e' for each position of e in p: products before times products after
+        parts = [factors[..., k, :] for k in range(depth)]
+        before, after = [None] * depth, [None] * depth
+        before[0], after[-1] = np.ones_like(parts[0]), np.ones_like(parts[0])
+        for k in range(1, depth):
+            before[k] = before[k - 1] * parts[k - 1]
+            after[depth - 1 - k] = after[depth - k] * parts[depth - k]
+        pi = before[-1] * parts[-1]
+        error = drive - np.einsum("...qpa,...qa->...pa", coupling, pi)
+        grad = np.stack([before[k] * after[k] for k in range(depth)], axis=-2) * error[..., None, :]
+        return np.einsum("ej,...ja->...ea", scatter, grad.reshape(grad.shape[:-3] + (n_paths * depth, grad.shape[-1])))
+
+    return rhs
 
 
 def race_rhs(b, race: Race) -> np.ndarray:
     """db_e/dt = sum_{p through e} (prod_{e' in p, e' != e} b_e') (s_p - sum_q d_qp pi_q), batched over (..., E, r)."""
-    b = np.asarray(b, dtype=np.float64)
-    ext = np.concatenate([b, np.ones(b.shape[:-2] + (1, b.shape[-1]))], axis=-2)
-    factors = ext[..., race.index, :]  # (..., P, L, r)
-    ones = np.ones_like(factors[..., :1, :])
-    before = np.cumprod(np.concatenate([ones, factors[..., :-1, :]], axis=-2), axis=-2)
-    after = np.flip(np.cumprod(np.concatenate([ones, np.flip(factors, -2)[..., :-1, :]], axis=-2), axis=-2), -2)
-    pi = np.prod(factors, axis=-2)
-    error = race.drive - np.einsum("qpa,...qa->...pa", race.coupling, pi)
-    grad = before * after * error[..., None, :]  # (..., P, L, r)
-    db = np.zeros(b.shape[:-2] + (race.n_edges + 1, b.shape[-1]))
-    for k in range(race.index.shape[1]):  # a handful of pathway positions, not networks
-        _scatter(db, race.index[:, k], grad[..., k, :])
-    return db[..., :-1, :]
-
-
-def _scatter(out, index, values):
-    """out[..., index[j], :] += values[..., j, :], summing repeated indices."""
-    onehot = np.zeros((out.shape[-2], len(index)))
-    onehot[index, np.arange(len(index))] = 1.0
-    out += np.einsum("ej,...ja->...ea", onehot, values)
+    return _race_field(race)(b)
 
 
 def race_solve(t, b0, race: Race, *, rtol: float = 1e-11, atol: float = 1e-14) -> np.ndarray:
-    """Integrate the race ODEs from b0 (..., E, r) and return b at times t: shape (T, ..., E, r)."""
+    """Integrate the race ODEs from b0 (..., E, r) and return b at times t: shape (T, ..., E, r).
+
+    For several races of one graph, stack them (:func:`stack_races`) and give
+    b0 of shape (n, E, r): one solve follows them all.
+    """
     t = check_array("t", t, ndim=1)
     if t[0] < 0 or np.any(np.diff(t) < 0):
         raise ValueError("t must be non-negative and increasing")
     b0 = np.asarray(b0, dtype=np.float64)
     shape = b0.shape
-    sol = solve_ivp(lambda _, y: race_rhs(y.reshape(shape), race).ravel(), (0.0, t[-1]), b0.ravel(),
+    rhs = _race_field(race)
+    sol = solve_ivp(lambda _, y: rhs(y.reshape(shape)).ravel(), (0.0, t[-1]), b0.ravel(),
                     t_eval=t, rtol=rtol, atol=atol, method="DOP853")
     if not sol.success:
         raise RuntimeError(f"race ODE failed: {sol.message}")
@@ -624,13 +773,14 @@ def race_steps(b0, race: Race, lr: float, steps: int, record_every: int = 1):
     steps = check_int("steps", steps, low=1)
     record_every = check_int("record_every", record_every, low=1)
     b = np.array(b0, dtype=np.float64)
+    rhs = _race_field(race)
     kept, out = [], []
     for step in progress(range(steps + 1), desc="reduced equations, GD steps"):
         if step % record_every == 0 or step == steps:
             kept.append(step)
             out.append(b.copy())
         if step < steps:
-            b = b + lr * race_rhs(b, race)
+            b = b + lr * rhs(b)
     return np.array(kept), np.stack(out)
 
 
@@ -655,17 +805,19 @@ def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: 
     start = np.stack([signed_strengths(r, b0) for r in races])
     bases = node_bases(net, tasks[0].modes_in, tasks[0].modes_out, seed=seed)
     every = max(1, steps // records)
+    pathways = pathway_projector(net, tasks[0].modes_in, tasks[0].modes_out, device=device)
+    edges = edge_projector(net, bases, device=device)
     result = train_gdln(net, aligned_init(net, bases, start, device=device), [t.data for t in tasks], steps=steps, lr=lr,
                         record_every=every, seed=seed, desc="gated network, aligned init",
-                        record=lambda p: {"pi": pathway_strengths(net, p, tasks[0].modes_in, tasks[0].modes_out),
-                                          "b": edge_strengths(net, p, bases)})
+                        record=lambda p: {"pi": pathways(p), "b": edges(p)})
     times = result.steps * lr
     out = {"times": times, "gd": result.records["pi"], "edges_gd": result.records["b"], "loss": result.records["loss"],
            "drive": np.stack([r.drive for r in races]), "races": races, "start": start}
     if flow:
-        edges = np.stack([race_solve(times, start[k], r) for k, r in enumerate(races)], axis=1)
+        stacked = stack_races(races)
+        edges = race_solve(times, start, stacked)                     # all tasks in one solve
         out["flow_edges"] = edges
-        out["flow"] = np.stack([race_products(edges[:, k], r) for k, r in enumerate(races)], axis=1)
+        out["flow"] = race_products(edges, stacked)
     return out
 
 

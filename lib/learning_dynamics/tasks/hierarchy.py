@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from ..gated import GDLN, GatedData, gated_data
+from ..gated import GDLN, GatedData, _side_by_side, gated_data
 from ..validation import check_array, check_int, check_positive
 
 
@@ -163,6 +164,28 @@ def routing_task(gate, hidden: int = 64, features=None) -> GatedTask:
     return GatedTask(net, samples(trained), {f"x{i}": v for i in range(m)}, {f"y{j}": u for j in range(m)},
                      test=samples(every), test_groups=np.repeat(np.arange(m * m), n_items),
                      trained_groups=gate.ravel().copy())
+
+
+def routing_pair_errors(task: GatedTask, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The test error of every (input, output) module pair of a :func:`routing_task` network: shape (networks, M^2).
+
+    The same numbers as ``gated.errors(net, params, batch(task.test), task.test_groups, M^2)``, computed from the
+    pathway products: pair (i, j) sees the one-hot items of x_i through W_p = W_out{j} W_shared W_in{i} alone,
+    so its error is 1/2 |Y - W_p|_F^2 (Y: features x items). Entry i M + j.
+    """
+    net = task.net
+    m = len(net.inputs)
+    n_items = net.nodes["x0"]
+    features = task.test.targets["y0"][:n_items].T                    # pair (0, 0): the features of each item
+    n_out = features.shape[0]
+    with torch.no_grad():
+        cache = {}
+        prefix = _side_by_side(tuple(("in%d" % i, "shared") for i in range(m)), params, cache)     # (n, h, M items)
+        outs = torch.stack([params[f"out{j}"] for j in range(m)], dim=1)                          # (n, M, out, h)
+        w = (outs @ prefix.unsqueeze(1)).reshape(prefix.shape[0], m, n_out, m, n_items)          # (n, j, out, i, item)
+        y = torch.as_tensor(features, dtype=w.dtype, device=w.device)
+        err = 0.5 * ((w - y[:, None, :]) ** 2).sum((2, 4))                                       # (n, j, i)
+    return err.transpose(1, 2).reshape(err.shape[0], m * m)
 
 
 # ---------------------------------------------------------------------------
