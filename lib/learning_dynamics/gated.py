@@ -714,26 +714,28 @@ def _race_field(race: Race):
     """db/dt as a function of b (..., E, r), with the race's index and scatter matrix prepared once."""
     index, n_edges = race.index, race.n_edges
     n_paths, depth = index.shape
-    scatter = np.zeros((n_edges + 1, n_paths * depth))
-    scatter[index.ravel(), np.arange(n_paths * depth)] = 1.0     # (pathway, position) -> its edge
-    scatter = scatter[:n_edges]
+    scatter = np.zeros((n_edges + 1, depth * n_paths))
+    scatter[index.T.ravel(), np.arange(n_paths * depth)] = 1.0     # column k P + p: edge at position k of pathway p
+    scatter = np.ascontiguousarray(scatter[:n_edges])
     drive, coupling = race.drive, race.coupling
+    columns = [index[:, k] for k in range(depth)]
 
     def rhs(b):
         b = np.asarray(b, dtype=np.float64)
         ext = np.concatenate([b, np.ones(b.shape[:-2] + (1, b.shape[-1]))], axis=-2)
-        factors = ext[..., index, :]  # (..., P, L, r)
-        # prod_{e' in p, e' != e} b_e' for each position of e in p: products before times products after
-        parts = [factors[..., k, :] for k in range(depth)]
+        parts = [ext[..., c, :] for c in columns]            # (..., P, r): the edge at each position of each pathway
+        # prod_{e' in p, e' != e} b_e' at each position of e in p: the products before times the products after
         before, after = [None] * depth, [None] * depth
-        before[0], after[-1] = np.ones_like(parts[0]), np.ones_like(parts[0])
         for k in range(1, depth):
-            before[k] = before[k - 1] * parts[k - 1]
-            after[depth - 1 - k] = after[depth - k] * parts[depth - k]
-        pi = before[-1] * parts[-1]
-        error = drive - np.einsum("...qpa,...qa->...pa", coupling, pi)
-        grad = np.stack([before[k] * after[k] for k in range(depth)], axis=-2) * error[..., None, :]
-        return np.einsum("ej,...ja->...ea", scatter, grad.reshape(grad.shape[:-3] + (n_paths * depth, grad.shape[-1])))
+            before[k] = parts[k - 1] if k == 1 else before[k - 1] * parts[k - 1]
+            after[depth - 1 - k] = parts[depth - k] if k == 1 else after[depth - k] * parts[depth - k]
+        pi = parts[0] if depth == 1 else before[-1] * parts[-1]
+        error = drive - (coupling * pi[..., :, None, :]).sum(-3)
+        grads = []
+        for k in range(depth):
+            g = error if before[k] is None else before[k] * error
+            grads.append(g if after[k] is None else after[k] * g)
+        return scatter @ np.concatenate(grads, axis=-2)
 
     return rhs
 
