@@ -36,6 +36,7 @@ every edge (Saxe et al. 2014; :func:`learning_dynamics.linear.deep_mode`).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -445,7 +446,27 @@ def correlation_loss(net: GDLN, groups):
     return loss
 
 
-SINGLE_THREAD_BELOW = 100_000  # stacked weight entries below which train_gdln runs on one CPU thread
+SINGLE_THREAD_BELOW = 100_000  # stacked weight entries below which training and initialisation use one CPU thread
+
+
+@contextmanager
+def _small_problem(size: int, device):
+    """One intra-op CPU thread for a problem of ``size`` weight entries below SINGLE_THREAD_BELOW.
+
+    Each step is a few dozen tiny products: a second thread only adds synchronisation, and when the
+    other cores are busy every parallel region waits for a thread to be scheduled (a first batched QR
+    of 64 x 64 matrices took 0.2 s on two busy cores, against 2 ms on one thread). The previous
+    setting is restored afterwards.
+    """
+    threads = torch.get_num_threads()
+    single = torch.device(device).type == "cpu" and size < SINGLE_THREAD_BELOW and threads > 1
+    if single:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if single:
+            torch.set_num_threads(threads)
 
 
 def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, lr, record=None,
@@ -459,19 +480,9 @@ def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, 
     n = next(iter(params.values())).shape[0]
     device = next(iter(params.values())).device
     groups, batch = correlation_batch(net, data, None if isinstance(data, list) else n, device=device)
-    # Small CPU problems: one intra-op thread. Each step is a few dozen tiny products, and a second thread
-    # only adds synchronisation (and spins a core); the previous setting is restored afterwards.
-    size = sum(p.numel() for p in params.values())
-    threads = torch.get_num_threads()
-    single = device.type == "cpu" and size < SINGLE_THREAD_BELOW and threads > 1
-    if single:
-        torch.set_num_threads(1)
-    try:
+    with _small_problem(sum(p.numel() for p in params.values()), device):
         return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,
                      record_every=record_every, seed=seed, desc=desc, batched_loss=True)
-    finally:
-        if single:
-            torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------
@@ -492,7 +503,8 @@ def orthogonal_init(net: GDLN, scale: float | np.ndarray, n_networks: int, seed:
     for e in net.edges:
         rows, cols = net.edge_shape(e)
         tall = torch.randn(n_networks, max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
-        q, r = torch.linalg.qr(tall)
+        with _small_problem(tall.numel(), "cpu"):
+            q, r = torch.linalg.qr(tall)
         q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
         w = q if rows >= cols else q.transpose(-1, -2)
         params[e] = (scale[:, None, None] * w).to(device)
