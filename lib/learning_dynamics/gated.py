@@ -387,22 +387,52 @@ def correlation_batch(net: GDLN, data: GatedData | list[GatedData], n_networks: 
     return groups, tuple(tensors)
 
 
-def _side_by_side(paths: tuple, params: dict, cache: dict) -> torch.Tensor:
+class _Products:
+    """Side-by-side pathway products [W_p1, W_p2, ...] for pathways into one node, compiled once.
+
+    ``add(paths)`` returns the slot of that product; pathways sharing their last edge become
+    W_last @ [products of their prefixes], and equal sub-products are computed once. ``run(params)``
+    evaluates every slot in order (a flat list of products and concatenations, no per-step bookkeeping).
+    """
+
+    def __init__(self):
+        self.steps: list = []
+        self.slots: dict = {}
+
+    def add(self, paths: tuple) -> int:
+        if paths not in self.slots:
+            blocks, start = [], 0
+            while start < len(paths):
+                end = start
+                while end < len(paths) and paths[end][-1] == paths[start][-1]:
+                    end += 1
+                run, edge = paths[start:end], paths[start][-1]
+                child = self.add(tuple(p[:-1] for p in run)) if len(run[0]) > 1 else None
+                self.steps.append((edge, child, None))
+                blocks.append(len(self.steps) - 1)
+                start = end
+            if len(blocks) > 1:
+                self.steps.append((None, None, tuple(blocks)))
+            self.slots[paths] = len(self.steps) - 1
+        return self.slots[paths]
+
+    def run(self, params: dict) -> list:
+        values = []
+        for edge, child, parts in self.steps:
+            if parts is not None:
+                values.append(torch.cat([values[k] for k in parts], dim=-1))
+            elif child is None:
+                values.append(params[edge])
+            else:
+                values.append(params[edge] @ values[child])
+        return values
+
+
+def _side_by_side(paths: tuple, params: dict) -> torch.Tensor:
     """[W_p1, W_p2, ...] for pathways into one node, sharing common suffixes: (..., width, sum of input widths)."""
-    if paths not in cache:
-        blocks, start = [], 0
-        while start < len(paths):
-            end = start
-            while end < len(paths) and paths[end][-1] == paths[start][-1]:
-                end += 1
-            run = paths[start:end]
-            w = params[run[0][-1]]
-            if len(run[0]) > 1:
-                w = w @ _side_by_side(tuple(p[:-1] for p in run), params, cache)
-            blocks.append(w)
-            start = end
-        cache[paths] = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
-    return cache[paths]
+    plan = _Products()
+    slot = plan.add(tuple(paths))
+    return plan.run(params)[slot]
 
 
 def pathway_products(net: GDLN, params: dict[str, torch.Tensor], node: str) -> torch.Tensor:
@@ -412,7 +442,7 @@ def pathway_products(net: GDLN, params: dict[str, torch.Tensor], node: str) -> t
     """
     if node not in net.outputs:
         raise ValueError(f"node must be an output node {list(net.outputs)}; got {node!r}")
-    return _side_by_side(tuple(p for p in net.pathways if net.target(p) == node), params, {})
+    return _side_by_side(tuple(p for p in net.pathways if net.target(p) == node), params)
 
 
 def correlation_loss(net: GDLN, groups):
@@ -428,18 +458,21 @@ def correlation_loss(net: GDLN, groups):
     (network) dimensions and returns one loss per network.
     """
 
+    plan = _Products()
+    slots = [plan.add(group.prefixes) if group.last is not None else plan.add(group.paths[0]) for group in groups]
+
     def loss(params, constant, *corr):
-        cache = {}
+        values = plan.run(params)
         total = constant
         for g, group in enumerate(groups):
             yx, xx = corr[2 * g], corr[2 * g + 1]
             if group.last is not None:
-                prefix = _side_by_side(group.prefixes, params, cache)            # (..., h, sum)
+                prefix = values[slots[g]]                                        # (..., h, sum)
                 last = params[group.last[0]] if len(group.last) == 1 else torch.cat([params[e] for e in group.last], dim=-2)
                 w = last @ prefix                                                # (..., G out, sum): one product
                 w = w.reshape(w.shape[:-2] + (len(group.last), -1, w.shape[-1]))  # (..., G, out, sum)
             else:
-                w = _side_by_side(group.paths[0], params, cache).unsqueeze(-3)
+                w = values[slots[g]].unsqueeze(-3)
             total = total - (w * yx).sum((-1, -2, -3)) + 0.5 * ((w @ xx) * w).sum((-1, -2, -3))
         return total
 
@@ -572,14 +605,17 @@ def pathway_projector(net: GDLN, modes_in: dict, modes_out: dict, dtype=torch.fl
         u = torch.as_tensor(np.asarray(modes_out[v], dtype=np.float64), dtype=dtype, device=device)
         plan.append((into, paths, u, torch.as_tensor(block, dtype=dtype, device=device)))
     order = np.argsort(np.concatenate([into for into, *_ in plan]))
+    identity = bool(np.all(order == np.arange(len(order))))
+    order = torch.as_tensor(order, device=device)
+    products = _Products()
+    slots = [products.add(paths) for _, paths, _, _ in plan]
 
     def project(params):
-        cache, out = {}, []
-        for _, paths, u, block in plan:
-            w = _side_by_side(paths, params, cache)                               # (n, out, sum of input widths)
-            out.append(torch.einsum("ia,nij,jka->nka", u, w, block))
+        values = products.run(params)
+        out = [torch.einsum("ia,nij,jka->nka", u, values[slot], block)              # values: (n, out, sum of widths)
+               for slot, (_, _, u, block) in zip(slots, plan)]
         pi = out[0] if len(out) == 1 else torch.cat(out, dim=1)
-        return pi if len(plan) == 1 and np.all(order == np.arange(len(order))) else pi[:, torch.as_tensor(order)]
+        return pi if identity else pi[:, order]
 
     return project
 
