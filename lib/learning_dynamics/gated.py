@@ -800,7 +800,7 @@ def integrate(rhs, t, y0, *, rtol: float = 1e-11, atol: float = 1e-14) -> np.nda
     """Solve dy/dt = rhs(y) (autonomous) from y(t[0]) = y0 and return y at the times t: shape (T,) + y0.shape.
 
     Gragg-Bulirsch-Stoer extrapolation: modified-midpoint steps with 2, 4, 6, ... substeps,
-    extrapolated to zero step size, raising the order (up to 16) until the difference between the
+    extrapolated to zero step size, raising the order (up to 14) until the difference between the
     last two extrapolations is within atol + rtol |y| everywhere, and halving the step when even
     the highest order fails. Steps end on the requested times, so no interpolation is needed.
     Light to import (numpy only) and accurate to rounding on the smooth race equations.
