@@ -210,3 +210,39 @@ def test_routing_gate_and_tasks():
     assert len(ctx.net.pathways) == 6 and ctx.data.weights.sum() == 12
     with pytest.raises(ValueError, match="strengths"):
         hierarchy.context_targets(2, (1.0, 2.0))
+
+
+def test_stacked_races_solve_like_separate_ones():
+    tasks = [hierarchy.context_task(c, 3, 2, 8, (3.0, 2.0, 2.5)) for c in (1, 2, 3)]
+    races = [gated.race_reduction(t.net, t.data, t.modes_in, t.modes_out) for t in tasks]
+    b0 = np.stack([gated.signed_strengths(r, 0.1) for r in races])
+    t = np.linspace(0, 1.5, 7)
+    both = gated.race_solve(t, b0, gated.stack_races(races))
+    for k, r in enumerate(races):
+        np.testing.assert_allclose(both[:, k], gated.race_solve(t, b0[k], r), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(gated.race_rhs(b0[k], r), gated.race_rhs(b0, gated.stack_races(races))[k], rtol=1e-14)
+
+
+def test_integrate_matches_a_known_solution():
+    # logistic growth dy/dt = y (1 - y): y = 1 / (1 + (1/y0 - 1) e^-t)
+    t = np.linspace(0, 8, 17)
+    y = gated.integrate(lambda y: y * (1 - y), t, np.array([0.01, 0.5]))
+    exact = 1 / (1 + (1 / np.array([0.01, 0.5]) - 1) * np.exp(-t[:, None]))
+    np.testing.assert_allclose(y, exact, rtol=1e-10)
+
+
+def test_routing_pair_errors_and_projectors_match_the_generic_ones():
+    task = hierarchy.routing_task(hierarchy.routing_gate(5, 2), hidden=8)
+    params = gated.orthogonal_init(task.net, np.array([0.3, 1.5]), 2, seed=3)
+    batch = gated.data_tensors(task.net, task.test, 2)
+    torch.testing.assert_close(hierarchy.routing_pair_errors(task, params),
+                               gated.errors(task.net, params, batch, task.test_groups, 25), rtol=1e-12, atol=1e-12)
+    # pathway strengths against the direct product of the weights along each pathway
+    pi = gated.pathway_strengths(task.net, params, task.modes_in, task.modes_out)
+    for k, p in enumerate(task.net.pathways):
+        w = params[p[0]]
+        for e in p[1:]:
+            w = params[e] @ w
+        u = torch.as_tensor(task.modes_out[task.net.target(p)])
+        v = torch.as_tensor(task.modes_in[task.net.source(p)])
+        torch.testing.assert_close(pi[:, k], torch.einsum("ia,nij,ja->na", u, w, v))
