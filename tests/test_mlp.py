@@ -56,8 +56,8 @@ def test_forward_matches_torch_nn_in_train_and_eval_mode(setup, alpha):
     assert len(reps) == 4 and reps[0].shape == (300, 64) and reps[1].shape == (300, 16)
     # Eval mode with the running statistics set to the clean training set's (population variance).
     for bn, (mean, var) in zip([model[0]] + [model[2 + 3 * i] for i in range(3)], stats):
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
+        bn.running_mean.copy_(mean.squeeze(0))
+        bn.running_var.copy_(var.squeeze(0))
     model.eval()
     test_logits = mlp.forward(one, x_test, torch.tensor(alpha, dtype=torch.float64), stats=stats)[0]
     assert test_logits == pytest.approx(model(x_test).detach(), abs=1e-10)
@@ -75,6 +75,18 @@ def test_stacked_gradients_match_per_network_autograd(setup):
         assert float(losses[i]) == pytest.approx(loss.item(), abs=1e-12)
         assert grads["w1"][i] == pytest.approx(model[4].weight.grad, abs=1e-10)
         assert grads["bn0.scale"][i] == pytest.approx(model[2].weight.grad, abs=1e-10)
+
+
+def test_stacked_loss_matches_vmap_of_the_one_network_loss(setup):
+    """The batched-matmul path that train_grid uses agrees with vmap over the one-network loss."""
+    x, y, _, _, params = setup
+    alpha = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    masks = (torch.rand(3, 3, 300, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) < 0.8) / 0.8
+    xs, ys = x.expand(3, *x.shape), y.expand(3, *y.shape)
+    stacked = mlp.loss(params, xs, ys, alpha, masks)
+    one_by_one = vmap(mlp.loss)(params, xs, ys, alpha, masks.to(torch.float64))
+    assert stacked.shape == (3,)
+    assert stacked == pytest.approx(one_by_one, abs=1e-12)
 
 
 def test_digits_split():
@@ -135,3 +147,11 @@ def test_grid_bad_inputs(kwargs, message):
     args = dict(alphas=[0.0], noises=[0.0], n_seeds=1, width=8, depth=3, steps=1) | kwargs
     with pytest.raises(ValueError, match=message):
         mlp.train_grid(data, args.pop("alphas"), args.pop("noises"), args.pop("n_seeds"), **args)
+
+
+def test_bundled_digits_are_sklearn_load_digits():
+    from sklearn.datasets import load_digits
+
+    pixels, labels = digits._bundled_digits()
+    reference = load_digits()
+    assert np.array_equal(pixels, reference.data) and np.array_equal(labels, reference.target)

@@ -98,3 +98,14 @@ def test_bad_profiles_raise_clear_errors():
         separation.load_curve([np.inf, 1.0, 0.0])
     with pytest.raises(ValueError, match="no net separation"):
         separation.curvature([1.0, 2.0, 1.0])
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 4, 30).astype(float), rng.normal(size=30)
+    assert separation.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    assert separation.spearman(np.arange(5), np.arange(5) ** 3) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same length"):
+        separation.spearman([1, 2, 3], [1, 2])

@@ -1,4 +1,4 @@
-"""A deep BatchNorm MLP written for ONE network, trained as a stacked ensemble.
+"""A deep BatchNorm MLP, written once for one network or a stack, trained as a stacked ensemble.
 
 The architecture of Shi, Pan & Dokmanic: input BatchNorm, then ``depth``
 blocks ``Linear(w, w) -> BatchNorm -> LeakyReLU(alpha) -> Dropout(p)``, then
@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import vmap
-
 from . import separation
 from .tasks import digits
 from .train import train
@@ -61,42 +59,49 @@ def depth_of(params) -> int:
 
 
 def forward(params, x, alpha, masks=None, stats=None):
-    """One network: ``(logits, representations, stats)``.
+    """``(logits, representations, stats)`` for one network or for stacked networks.
 
-    ``representations`` lists the input after BatchNorm and each block's
-    output after the activation (before dropout): depth+1 tensors (N, width). ``masks`` (depth, N, width) are
-    dropout masks already scaled by ``1/(1-p)``; ``stats`` (from a previous
-    call) replaces the batch statistics of every BatchNorm.
+    Written once for both: a leading network dimension on every parameter,
+    on ``x`` (N, n_in) -> (n, N, n_in) and on ``alpha`` () -> (n,) is carried
+    through by batched matmuls, which is cheaper than vmap for a network this
+    small. ``representations`` lists the input after BatchNorm and each
+    block's output after the activation (before dropout): depth+1 tensors
+    ([n,] N, width). ``masks`` ([n,] depth, N, width) are dropout masks
+    already scaled by ``1/(1-p)``; ``stats`` (from a previous call) replaces
+    the batch statistics of every BatchNorm.
     """
     used = []
 
     def norm(h, name, i):
         if stats is None:
-            mean = h.mean(0)
+            mean = h.mean(-2, keepdim=True)
             centred = h - mean
-            var = (centred * centred).mean(0)
+            var = (centred * centred).mean(-2, keepdim=True)
         else:
             mean, var = stats[i]
             centred = h - mean
         used.append((mean, var))
-        return centred * (params[f"{name}.scale"] * torch.rsqrt(var + BN_EPS)) + params[f"{name}.shift"]
+        scale = params[f"{name}.scale"].unsqueeze(-2) * torch.rsqrt(var + BN_EPS)
+        return centred * scale + params[f"{name}.shift"].unsqueeze(-2)
 
     slope = torch.as_tensor(alpha, dtype=x.dtype)
+    slope = slope.reshape(slope.shape + (1, 1))
     h = norm(x, "bn_in", 0)
     reps = [h]
     for i in range(depth_of(params)):
-        h = norm(h @ params[f"w{i}"].T + params[f"b{i}"], f"bn{i}", i + 1)
+        h = norm(h @ params[f"w{i}"].transpose(-1, -2) + params[f"b{i}"].unsqueeze(-2), f"bn{i}", i + 1)
         h = h * (slope + (1 - slope) * (h > 0).to(h.dtype)).detach()   # LeakyReLU(alpha): a piecewise-constant gain
         reps.append(h)
         if masks is not None:
-            h = h * masks[i]
-    logits = h @ params["w_out"].T + params["b_out"]
+            h = h * masks[..., i, :, :]
+    logits = h @ params["w_out"].transpose(-1, -2) + params["b_out"].unsqueeze(-2)
     return logits, reps, used
 
 
 def loss(params, x, y, alpha, masks=None):
-    """Cross-entropy of one network on a (noisy) batch, BatchNorm from that batch."""
-    return torch.nn.functional.cross_entropy(forward(params, x, alpha, masks)[0], y)
+    """Cross-entropy on a (noisy) batch, BatchNorm from that batch: a scalar, or one value per stacked network."""
+    logits = forward(params, x, alpha, masks)[0]
+    return -torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
 
 
 @dataclass
@@ -181,7 +186,7 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
         return x, y, alpha, masks
 
     result = train(loss, params, steps=steps, lr=rates, sampler=sampler, optimizer="adam", seed=noise_seed,
-                   desc="phase-diagram grid")
+                   desc="phase-diagram grid", batched_loss=True)
     log_d, accuracy = measure(result.params, alpha, data)
     return GridResult(alphas=alphas, noises=noises, noise_kind=noise_kind, log_d=log_d.reshape(shape + (-1,)),
                       accuracy=accuracy.reshape(shape), train_loss=result.records["loss"][-1].reshape(shape))
@@ -196,14 +201,7 @@ def measure(params, alpha, data):
     x_train, y_train, x_test, y_test = data
     n = alpha.shape[0]
 
-    def on_train(p, a):
-        _, reps, stats = forward(p, x_train, a)
-        return reps, stats
-
-    def on_test(p, a, stats):
-        return (forward(p, x_test, a, stats=stats)[0].argmax(-1) == y_test).double().mean()
-
-    reps, stats = vmap(on_train)(params, alpha)                       # depth+1 tensors (n, N, width)
-    accuracy = vmap(on_test)(params, alpha, stats)
+    _, reps, stats = forward(params, x_train, alpha)                  # depth+1 tensors (n, N, width)
+    accuracy = (forward(params, x_test, alpha, stats=stats)[0].argmax(-1) == y_test).double().mean(-1)
     log_d = np.stack([separation.log_separation(h, y_train) for h in reps], -1)
     return log_d.reshape(n, -1), accuracy.cpu().numpy()

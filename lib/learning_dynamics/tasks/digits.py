@@ -9,6 +9,9 @@ the inputs get ``X + N(0, 1) * std(X) * s``.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -24,15 +27,21 @@ def load(n_train: int = 1200, *, seed: int = 0, dtype=torch.float32, device="cpu
     The split is a seeded permutation of all 1,797 images; the test set is
     everything not used for training.
     """
-    from sklearn.datasets import load_digits
-
     n_train = check_int("n_train", n_train, low=N_CLASSES, high=N_SAMPLES - N_CLASSES)
     seed = check_int("seed", seed, low=0)
-    digits = load_digits()
-    order = np.random.default_rng(seed).permutation(len(digits.target))
-    x = torch.as_tensor(digits.data[order] / 16.0, dtype=dtype, device=device)
-    y = torch.as_tensor(digits.target[order], dtype=torch.long, device=device)
+    pixels, labels = _bundled_digits()
+    order = np.random.default_rng(seed).permutation(len(labels))
+    x = torch.as_tensor(pixels[order] / 16.0, dtype=dtype, device=device)
+    y = torch.as_tensor(labels[order], dtype=torch.long, device=device)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The file behind ``sklearn.datasets.load_digits``, read directly: importing
+    ``sklearn.datasets`` costs about half a second, reading the file 0.05 s."""
+    sklearn_dir = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0])
+    table = np.loadtxt(sklearn_dir / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
 
 
 def data_noise(x, y, level, generator: torch.Generator):
