@@ -195,3 +195,18 @@ def test_angle_is_accurate_for_parallel_vectors():
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises(ValueError, match=name.replace(".", r"\.")):
         call()
+
+
+def test_stacked_losses_match_vmap_of_one_network():
+    """gd_runs and tanh_runs train with batched_loss=True: the stacked losses equal vmap over one network."""
+    from torch.func import vmap
+
+    gen = torch.Generator().manual_seed(0)
+    params = {"U": torch.randn(4, 7, generator=gen, dtype=torch.float64),
+              "W": torch.randn(4, 7, generator=gen, dtype=torch.float64)}
+    gamma, c = torch.rand(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    assert shallow.network_loss(params, gamma, c) == pytest.approx(vmap(shallow.network_loss)(params, gamma, c), abs=1e-14)
+    x, y = torch.randn(3, 20, 5, generator=gen, dtype=torch.float64), torch.randn(3, 20, generator=gen, dtype=torch.float64)
+    net = {"U": torch.randn(3, 6, 5, generator=gen, dtype=torch.float64), "w": torch.randn(3, 6, generator=gen, dtype=torch.float64)}
+    gammas = torch.rand(3, dtype=torch.float64)
+    assert shallow.tanh_loss(net, x, y, gammas) == pytest.approx(vmap(shallow.tanh_loss)(net, x, y, gammas), abs=1e-14)

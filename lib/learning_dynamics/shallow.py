@@ -537,14 +537,14 @@ def mechanism_map(scale, zeta0, *, c=1.0):
 
 
 def network_loss(params, gamma_k, c):
-    """Loss of ONE network in the rescaled weights U = u / sqrt(eta_u), W = w / sqrt(eta_w).
+    """Loss in the rescaled weights U = u / sqrt(eta_u), W = w / sqrt(eta_w), for one network or a stack.
 
     F = gamma u.w = gamma sqrt(eta_u eta_w) U.W; L = (F - c)^2 / 2 is the loss
     E[(f - y)^2] / 2 of any 1-D data set with E[x^2] = 1 and E[xy] = c, up to
     a constant. Plain GD on (U, W) with step lr is GD on (u, w) with the
     layer-wise steps lr eta_u and lr eta_w.
     """
-    f = gamma_k * (params["U"] * params["W"]).sum()
+    f = gamma_k * (params["U"] * params["W"]).sum(-1)
     return 0.5 * (f - c) ** 2
 
 
@@ -574,7 +574,7 @@ def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1
                 "angle": angle(u, w), "ntk": gamma**2 * (eta_w * uu + eta_u * ww)}
 
     result = train(network_loss, params, data=(gamma * (eta_u * eta_w).sqrt(), c), steps=steps, lr=lr,
-                   record=record, record_every=record_every, desc=desc)
+                   record=record, record_every=record_every, desc=desc, batched_loss=True)
     out = {name: values.T for name, values in result.records.items()}
     out["t"] = result.steps * lr
     out["u"] = (result.params["U"] * root_u).cpu().numpy()
@@ -612,13 +612,16 @@ def digit_parity_data(n_samples, seed=0):
 
 
 def tanh_loss(params, x, y, gamma):
-    """ONE two-layer tanh network f(x) = gamma w . tanh(U x / sqrt(n_in)); loss mean (f - y)^2 / 2.
+    """Two-layer tanh network f(x) = gamma w . tanh(U x / sqrt(n_in)); loss mean (f - y)^2 / 2.
+
+    Written once for one network or for stacked ones (leading network dimension).
 
     U (width x n_in) is the first layer and w (width) the second: for
     n_in = 1 and tanh -> identity this is the linear network above.
     """
-    hidden = torch.tanh(x @ params["U"].T / x.shape[-1] ** 0.5)
-    return 0.5 * ((gamma * hidden @ params["w"] - y) ** 2).mean()
+    hidden = torch.tanh(x @ params["U"].transpose(-1, -2) / x.shape[-1] ** 0.5)
+    f = torch.as_tensor(gamma).unsqueeze(-1) * (hidden @ params["w"].unsqueeze(-1)).squeeze(-1)
+    return 0.5 * ((f - y) ** 2).mean(-1)
 
 
 def layer_alignment(u, w):
@@ -677,7 +680,7 @@ def tanh_runs(x, y, width, *, lr, steps, record_every=1, seed=0, device="cpu"):
 
     result = train(tanh_loss, params, data=(x.expand(n, *x.shape), y.expand(n, *y.shape), gamma.to(device)),
                    steps=steps, lr=lr * lr_scale.to(device), record=record, record_every=record_every,
-                   desc="tanh net on digits")
+                   desc="tanh net on digits", batched_loss=True)
     out = {name: values.T for name, values in result.records.items()}
     out["t"] = result.steps * lr
     return out
