@@ -68,7 +68,7 @@ def test_every_operator_matches_dense_autograd(kind):
     }
     for name, matrix in reference.items():
         assert torch.allclose(ops.dense(name), matrix, atol=1e-10, rtol=0), name
-    # the library's own dense reference (torch.func.jacrev) agrees too
+    # the library's own dense reference (torch.autograd.functional.jacobian) agrees too
     for name, matrix in O.dense_reference(ops).items():
         assert torch.allclose(matrix, reference[name], atol=1e-10, rtol=0), name
     # K* is K, P* is the transpose of P, and J_theta / J_theta^T are adjoint
@@ -274,3 +274,33 @@ def test_memory_tasks_and_flip_flop():
     xs, _ = sample(torch.Generator().manual_seed(0), 0)
     assert xs.shape == (2, 8, 8, 7)
     assert sorted(set(xs[0, :, 0, 3:].argmax(-1).tolist())) == [0, 1, 2, 3]
+
+
+def test_operators_never_import_torch_dynamo():
+    """Every product stays off the code paths that import torch._dynamo (seconds on first use).
+
+    torch.func.vjp / grad import it for their backward pass, and a jvp in which
+    an operation mixes a tensor with a tangent and one without evaluates a
+    symbolic zero through PyTorch's Python reference kernels, which import it too.
+    """
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from learning_dynamics import operators as O
+from learning_dynamics.tasks import recurrent as R
+for kind in ("gru", "rnn"):
+    step = O.make_step(kind, 3, 4)
+    params = {k: v[0] for k, v in O.init_params(step, 3, g=1.5).items()}
+    x, y = R.memory_pro(2, 2, 1, 2, generator=0)
+    ops = O.KPFlow(step, x, params)
+    z = torch.randn(3, *ops.shape, dtype=torch.float64)
+    for name in O.OPERATOR_NAMES:
+        ops.operator(name)(z), ops.operator(name)(z[0])
+    ops.J_theta(params), ops.J_theta_adj(z), ops.gradient(z[0]), O.dense_reference(ops)
+    O.first_order_check(step, params, x, y, 1e-3)
+print("torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

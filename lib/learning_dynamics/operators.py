@@ -13,11 +13,22 @@ theta moves the whole hidden trajectory as (Hazelden et al. 2025)
   forcing added to every step to the change of the trajectory;
 - P*, its adjoint: backpropagation through time.
 
-Everything here is built from ``torch.func`` (jvp for P and J_theta, vjp for P*
-and J_theta^T), so no operator is ever stored as a matrix: P is the jvp of a
-forced rollout with respect to the forcing, P* its vjp, and K = J_theta
-J_theta^T evaluates the step on all (trial, time) pairs at once. Many probe
-tensors are pushed through together with ``vmap``.
+No operator is ever stored as a matrix. The forward products (P, J_theta and
+the push of P K P*) are ``torch.func.jvp`` of a rollout, with many probe
+tensors pushed through together by ``vmap``; the adjoint products (P*, which is
+backpropagation through time, and J_theta^T) are ``torch.autograd.grad`` on a
+graph recorded once per operator object, with ``is_grads_batched`` for many
+probes. P is the jvp of a forced rollout with respect to the forcing, P* the
+backward pass of the same rollout, and K = J_theta J_theta^T evaluates the step
+on all (trial, time) pairs at once.
+
+Two implementation details keep this fast. Inside every jvp, every input of
+the rollout (forcing, parameters, h0, inputs) carries a tangent, zero for the
+constants: an operation between a tensor with a tangent and one without gets
+a symbolic zero tangent, and PyTorch evaluates those through its Python
+reference kernels, several times slower (and it imports ``torch._dynamo``, a
+few seconds, on first use). And the adjoint products use plain autograd, not
+``torch.func.vjp``, whose backward pass also imports ``torch._dynamo``.
 
 On top sit the leading spectra (randomised SVD), the partial Gram matrices
 the paper's effective ranks are read from (random +-1 probes), the effective
@@ -36,7 +47,7 @@ from functools import cached_property
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import functional_call, jvp, vmap
 
 from .train import progress
 from .validation import check_choice, check_device, check_float, check_int
@@ -213,9 +224,16 @@ def mse_loss(step: nn.Module) -> Callable:
     return loss
 
 
+def _grad(output, inputs, grad_outputs=None, batched=False, **kwargs):
+    """torch.autograd.grad with grad mode on; unused inputs get zero gradients."""
+    return torch.autograd.grad(output, inputs, grad_outputs, is_grads_batched=batched, materialize_grads=True, **kwargs)
+
+
 def hidden_error(params: dict, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """e = dL/dh for the mean-squared loss of :func:`mse_loss`, shape (B, T, H)."""
-    return torch.func.grad(lambda h: ((readout(params, h) - targets) ** 2).mean())(hidden)
+    with torch.enable_grad():
+        h = hidden.detach().requires_grad_(True)
+        return _grad(((readout(params, h) - targets) ** 2).mean(), h)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -282,51 +300,88 @@ class KPFlow:
         return z.to(device=self.hidden.device, dtype=self.hidden.dtype)
 
     def _batched(self, fn, z, name="z"):
+        """A forward (jvp) product on one tensor or, vmapped, on a stack."""
         z = self._check(z, name)
         return fn(z) if z.ndim == 3 else vmap(fn)(z)
 
-    def _forced(self, forcing):
-        return rollout(self.step, self.params, self.inputs, self.h0, forcing)
+    def _pull(self, graph, z, name="z"):
+        """An adjoint product: backpropagate z (one tensor or a stack) through a recorded (inputs, output) graph."""
+        z = self._check(z, name)
+        inputs, output = graph
+        return _grad(output, inputs, z, batched=z.ndim == 4, retain_graph=True)
 
-    def _step_all(self, theta):
+    def _forced(self, forcing, theta=None, h0=None, inputs=None):
+        """The forced rollout; theta, h0 and inputs default to the recorded ones."""
+        return rollout(self.step, self.params if theta is None else theta, self.inputs if inputs is None else inputs,
+                       self.h0 if h0 is None else h0, forcing)
+
+    def _step_all(self, theta, h_prev=None, inputs=None):
         """F evaluated at every (trial, time) with the recorded h_{t-1}: a (B, T, H) function of theta."""
         b, t, h = self.shape
-        flat = functional_call(self.step, theta, (self.h_prev.reshape(b * t, h), self.inputs.reshape(b * t, -1)))
+        h_prev = self.h_prev if h_prev is None else h_prev
+        inputs = self.inputs if inputs is None else inputs
+        flat = functional_call(self.step, theta, (h_prev.reshape(b * t, h), inputs.reshape(b * t, -1)))
         return flat.reshape(b, t, h)
 
-    # -- cached pullbacks (each graph is built once per KPFlow object) ----
+    # -- cached tangents and graphs (each built once per KPFlow object) ----
     @cached_property
     def _zero(self):
         return torch.zeros(self.shape, dtype=self.hidden.dtype, device=self.hidden.device)
 
     @cached_property
-    def _pull_forcing(self):
-        return vjp(self._forced, self._zero)[1]
+    def _zero_tangents(self):
+        """Zero tangents for (theta, h0, inputs, h_prev): constants inside a jvp carry them (see the module notes)."""
+        return ({k: torch.zeros_like(v) for k, v in self.params.items()}, torch.zeros_like(self.h0),
+                torch.zeros_like(self.inputs), torch.zeros_like(self.h_prev))
+
+    def _leaves(self):
+        return {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
 
     @cached_property
-    def _pull_step(self):
-        return vjp(self._step_all, self.params)[1]
+    def _forcing_graph(self):
+        """The forced rollout recorded at zero forcing, for P*."""
+        with torch.enable_grad():
+            forcing = self._zero.clone().requires_grad_(True)
+            return [forcing], self._forced(forcing)
 
     @cached_property
-    def _push_step(self):
-        """J_theta as the transpose of the cached J_theta^T (a vjp of a vjp): faster than a fresh jvp."""
-        return vjp(lambda cotangent: self._pull_step(cotangent)[0], self._zero)[1]
+    def _step_graph(self):
+        """The step at every (trial, time) recorded in theta, for J_theta^T."""
+        with torch.enable_grad():
+            theta = self._leaves()
+            return list(theta.values()), self._step_all(theta)
 
     @cached_property
-    def _pull_trajectory(self):
-        return vjp(self._trajectory, self.params)[1]
+    def _step_adjoint_graph(self):
+        """J_theta^T u recorded with its graph in u: its backward pass is J_theta (a vjp of a vjp)."""
+        with torch.enable_grad():
+            inputs, output = self._step_graph
+            u = self._zero.clone().requires_grad_(True)
+            return [u], _grad(output, inputs, u, create_graph=True, retain_graph=True)
 
-    def _trajectory(self, theta):
-        return rollout(self.step, theta, self.inputs, self.h0)
+    @cached_property
+    def _trajectory_graph(self):
+        """The rollout recorded in theta, for J_h^T = (P J_theta)^T."""
+        with torch.enable_grad():
+            theta = self._leaves()
+            return list(theta.values()), self._trajectory(theta)
+
+    def _trajectory(self, theta, h0=None, inputs=None):
+        return rollout(self.step, theta, self.inputs if inputs is None else inputs, self.h0 if h0 is None else h0)
+
+    def _as_params(self, grads):
+        return dict(zip(self.params, grads))
 
     # -- P and P* ---------------------------------------------------------
     def P(self, z):
         """(P z)_t = sum_{s<=t} Phi(t, s) z_s: the jvp of the forced rollout in its forcing."""
-        return self._batched(lambda v: jvp(self._forced, (self._zero,), (v,))[1], z)
+        primals = (self._zero, self.params, self.h0, self.inputs)
+        d_theta, d_h0, d_inputs, _ = self._zero_tangents
+        return self._batched(lambda v: jvp(self._forced, primals, (v, d_theta, d_h0, d_inputs))[1], z)
 
     def P_adj(self, z):
-        """(P* z)_s = sum_{t>=s} Phi(t, s)^T z_t: backpropagation through time (the vjp of the forced rollout)."""
-        return self._batched(lambda v: self._pull_forcing(v)[0], z)
+        """(P* z)_s = sum_{t>=s} Phi(t, s)^T z_t: backpropagation through time (the backward pass of the forced rollout)."""
+        return self._pull(self._forcing_graph, z)[0]
 
     # -- J_theta, K -------------------------------------------------------
     def J_theta(self, dtheta: dict):
@@ -338,15 +393,23 @@ class KPFlow:
         for k, v in tangent.items():
             if v.shape != self.params[k].shape:
                 raise ValueError(f"dtheta[{k!r}] must have shape {tuple(self.params[k].shape)}; got {tuple(v.shape)}")
-        return jvp(self._step_all, (self.params,), (tangent,))[1]
+        _, _, d_inputs, d_h_prev = self._zero_tangents
+        return jvp(self._step_all, (self.params, self.h_prev, self.inputs), (tangent, d_h_prev, d_inputs))[1]
 
     def J_theta_adj(self, z):
         """(dF/dtheta)^T z summed over trials and time: a dict shaped like the parameters."""
-        return self._batched(lambda v: self._pull_step(v)[0], z)
+        return self._as_params(self._pull(self._step_graph, z))
 
     def K(self, z):
-        """K z = J_theta J_theta^T z, the parameter operator (self-adjoint, positive semi-definite)."""
-        return self._batched(lambda v: self._push_step(self._pull_step(v)[0])[0], z)
+        """K z = J_theta J_theta^T z, the parameter operator (self-adjoint, positive semi-definite).
+
+        J_theta is applied as the transpose of the recorded J_theta^T (a backward
+        pass through its backward pass), which is faster here than a fresh jvp.
+        """
+        z = self._check(z)
+        pulled = self._pull(self._step_graph, z)
+        inputs, output = self._step_adjoint_graph
+        return _grad(output, inputs, pulled, batched=z.ndim == 4, retain_graph=True)[0]
 
     def K_adj(self, z):
         """K* z; K is self-adjoint, so this is K z (kept for symmetry with P and P*)."""
@@ -357,10 +420,15 @@ class KPFlow:
 
         Since dh/dtheta = P J_theta, P K P* = (P J_theta)(P J_theta)^T = J_h J_h^T
         with J_h = dh/dtheta through the whole rollout; it is applied that way,
-        one vjp and one jvp of the rollout in theta, which is faster than
-        P(K(P* z)) and equal to it (see the tests).
+        one backward pass and one jvp of the rollout in theta, which is faster
+        than P(K(P* z)) and equal to it (see the tests).
         """
-        return self._batched(lambda v: jvp(self._trajectory, (self.params,), (self._pull_trajectory(v)[0],))[1], z)
+        z = self._check(z)
+        pulled = self._as_params(self._pull(self._trajectory_graph, z))
+        _, d_h0, d_inputs, _ = self._zero_tangents
+        primals = (self.params, self.h0, self.inputs)
+        push = lambda d: jvp(self._trajectory, primals, (d, d_h0, d_inputs))[1]  # noqa: E731
+        return push(pulled) if z.ndim == 3 else vmap(push)(pulled)
 
     def PP(self, z):
         """P P* z."""
@@ -388,7 +456,7 @@ OPERATOR_NAMES = ("K", "K_adj", "P", "P_adj", "PKP", "PP")
 
 
 def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
-    """The operators as dense matrices built from autograd Jacobians (``torch.func.jacrev``), toy sizes only.
+    """The operators as dense matrices built from autograd Jacobians (reverse mode, ``torch.autograd.functional.jacobian``), toy sizes only.
 
     P = d h / d forcing and K = J_F J_F^T with J_F = dF/dtheta at the recorded
     states; P K P* is the product of those dense matrices, while
@@ -399,13 +467,11 @@ def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
     if size > 4096:
         raise ValueError(f"dense_reference is for toy sizes: B*T*H must be <= 4096; got {size}")
     zero = torch.zeros(ops.shape, dtype=ops.hidden.dtype, device=ops.hidden.device)
-    prop = torch.func.jacrev(ops._forced)(zero).reshape(size, size)
-
-    def flat_jacobian(fn):
-        jac = torch.func.jacrev(fn)(ops.params)
-        return torch.cat([v.reshape(size, -1) for v in jac.values()], 1)
-
-    j_step = flat_jacobian(ops._step_all)
+    prop = torch.autograd.functional.jacobian(ops._forced, zero, vectorize=True).reshape(size, size)
+    names = list(ops.params)
+    jac = torch.autograd.functional.jacobian(lambda *theta: ops._step_all(dict(zip(names, theta))),
+                                             tuple(ops.params.values()), vectorize=True)
+    j_step = torch.cat([v.reshape(size, -1) for v in jac], 1)
     kernel = j_step @ j_step.T
     return {"P": prop, "P_adj": prop.T, "K": kernel, "K_adj": kernel.T, "PKP": prop @ kernel @ prop.T,
             "PP": prop @ prop.T}
@@ -663,8 +729,9 @@ def first_order_check(step: nn.Module, params: dict, inputs, targets, lr: float)
     want = (*inputs.shape[:2], params["readout_w"].shape[0])
     if targets.shape != want:
         raise ValueError(f"targets must have shape {want} (trials, time, readout outputs); got {tuple(targets.shape)}")
-    loss = mse_loss(step)
-    grads = torch.func.grad(loss)(params, inputs, targets)
+    with torch.enable_grad():
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        grads = dict(zip(leaves, _grad(mse_loss(step)(leaves, inputs, targets), list(leaves.values()))))
     moved = {k: v - lr * grads[k] for k, v in params.items()}
     ops = KPFlow(step, inputs, params)
     predicted = -lr * ops.PKP(hidden_error(params, ops.hidden, targets))
