@@ -36,14 +36,13 @@ every edge (Saxe et al. 2014; :func:`learning_dynamics.linear.deep_mode`).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from . import linear
-from .train import TrainResult, progress, train
+from .train import TrainResult, progress, small_problem, train
 from .validation import check_array, check_int, check_positive
 
 # ---------------------------------------------------------------------------
@@ -479,29 +478,6 @@ def correlation_loss(net: GDLN, groups):
     return loss
 
 
-SINGLE_THREAD_BELOW = 100_000  # stacked weight entries below which training and initialisation use one CPU thread
-
-
-@contextmanager
-def _small_problem(size: int, device):
-    """One intra-op CPU thread for a problem of ``size`` weight entries below SINGLE_THREAD_BELOW.
-
-    Each step is a few dozen tiny products: a second thread only adds synchronisation, and when the
-    other cores are busy every parallel region waits for a thread to be scheduled (a first batched QR
-    of 64 x 64 matrices took 0.2 s on two busy cores, against 2 ms on one thread). The previous
-    setting is restored afterwards.
-    """
-    threads = torch.get_num_threads()
-    single = torch.device(device).type == "cpu" and size < SINGLE_THREAD_BELOW and threads > 1
-    if single:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if single:
-            torch.set_num_threads(threads)
-
-
 def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, lr, record=None,
                record_every: int = 1, seed: int = 0, desc: str = "gated network") -> TrainResult:
     """Full-batch gradient descent of stacked GDLNs (leading network dimension) via :func:`train`.
@@ -513,7 +489,7 @@ def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, 
     n = next(iter(params.values())).shape[0]
     device = next(iter(params.values())).device
     groups, batch = correlation_batch(net, data, None if isinstance(data, list) else n, device=device)
-    with _small_problem(sum(p.numel() for p in params.values()), device):
+    with small_problem(sum(p.numel() for p in params.values()), device):
         return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,
                      record_every=record_every, seed=seed, desc=desc, batched_loss=True)
 
@@ -536,7 +512,7 @@ def orthogonal_init(net: GDLN, scale: float | np.ndarray, n_networks: int, seed:
     for e in net.edges:
         rows, cols = net.edge_shape(e)
         tall = torch.randn(n_networks, max(rows, cols), min(rows, cols), generator=gen, dtype=torch.float64)
-        with _small_problem(tall.numel(), "cpu"):
+        with small_problem(tall.numel(), "cpu"):
             q, r = torch.linalg.qr(tall)
         q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
         w = q if rows >= cols else q.transpose(-1, -2)
@@ -793,65 +769,17 @@ def race_rhs(b, race: Race) -> np.ndarray:
     return _race_field(race)(b)
 
 
-_GBS_SEQUENCE = (2, 4, 6, 8, 10, 12, 14)
-
-
 def integrate(rhs, t, y0, *, rtol: float = 1e-11, atol: float = 1e-14) -> np.ndarray:
-    """Solve dy/dt = rhs(y) (autonomous) from y(t[0]) = y0 and return y at the times t: shape (T,) + y0.shape.
+    """Solve dy/dt = rhs(y) (autonomous) from y(t[0]) = y0 with scipy's DOP853; y at the times t: shape (T,) + y0.shape."""
+    from scipy.integrate import solve_ivp
 
-    Gragg-Bulirsch-Stoer extrapolation: modified-midpoint steps with 2, 4, 6, ... substeps,
-    extrapolated to zero step size, raising the order (up to 14) until the difference between the
-    last two extrapolations is within atol + rtol |y| everywhere, and halving the step when even
-    the highest order fails. Steps end on the requested times, so no interpolation is needed.
-    Light to import (numpy only) and accurate to rounding on the smooth race equations.
-    """
     t = np.asarray(t, dtype=np.float64)
-    y = np.array(y0, dtype=np.float64)
-    out = np.empty((len(t),) + y.shape)
-    out[0] = y
-    now, h = float(t[0]), None
-    seq = _GBS_SEQUENCE
-    with np.errstate(over="ignore", invalid="ignore"):  # a rejected (too long) step may overflow; it is retried shorter
-        _gbs_run(rhs, t, y, out, now, h, seq, rtol, atol)
-    return out
-
-
-def _gbs_run(rhs, t, y, out, now, h, seq, rtol, atol):
-    for k in range(1, len(t)):
-        end = float(t[k])
-        while now < end:
-            if h is None:
-                h = end - now
-            step = min(h, end - now)
-            f0 = rhs(y)
-            rows, accepted, level = [], None, 0
-            for level, n in enumerate(seq):
-                sub = step / n
-                z0, z1 = y, y + sub * f0
-                for _ in range(n - 1):
-                    z0, z1 = z1, z0 + 2.0 * sub * rhs(z1)
-                row = [z1]
-                for j in range(1, level + 1):
-                    ratio = (n / seq[level - j]) ** 2 - 1.0
-                    row.append(row[j - 1] + (row[j - 1] - rows[-1][j - 1]) / ratio)
-                rows.append(row)
-                if level >= 2:
-                    scale = atol + rtol * np.maximum(np.abs(y), np.abs(row[-1]))
-                    if np.all(np.abs(row[-1] - row[-2]) <= scale):
-                        accepted = row[-1]
-                        break
-            if accepted is None:
-                h = 0.5 * step
-                if h < 1e-14 * max(1.0, abs(end)):
-                    raise RuntimeError(f"ODE step size underflow at t = {now:g}")
-                continue
-            clipped = step < h                       # shortened to land on t[k]: keep the step size for later
-            y, now = accepted, (end if step == end - now else now + step)
-            if level <= 3 and not clipped:           # converged at low order: try a longer step
-                h = 2.0 * step
-            elif level >= 5:                         # needed (nearly) the highest order: a shorter one
-                h = 0.7 * step
-        out[k] = y
+    y0 = np.asarray(y0, dtype=np.float64)
+    sol = solve_ivp(lambda _, y: np.asarray(rhs(y.reshape(y0.shape))).ravel(), (t[0], t[-1]), y0.ravel(), t_eval=t,
+                    rtol=rtol, atol=atol, method="DOP853")
+    if not sol.success:
+        raise RuntimeError(f"ODE integration failed: {sol.message}")
+    return sol.y.T.reshape((len(t),) + y0.shape)
 
 
 def race_solve(t, b0, race: Race, *, rtol: float = 1e-11, atol: float = 1e-14) -> np.ndarray:
