@@ -88,3 +88,41 @@ def test_linear_losses_work_for_one_network_and_for_stacked_networks():
         vmapped = train(loss, params, data=data, steps=30, lr=0.01)
         for name in params:
             torch.testing.assert_close(stacked.params[name], vmapped.params[name], rtol=1e-12, atol=1e-14)
+
+
+def test_closed_form_gradients_match_autograd():
+    """Each feedback-principle loss has its gradient in closed form; it must equal autograd's, and train the same."""
+    gen = torch.Generator().manual_seed(5)
+    rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    cases = [
+        (linear.diagonal_loss, linear.diagonal_grad_and_value, {"a": rand(4, 3), "b": rand(4, 3)}, (rand(4, 7, 3), rand(4, 7))),
+        (linear.linear_loss, linear.linear_grad_and_value, {"theta": rand(4, 3)}, (rand(4, 7, 3), rand(4, 7))),
+        (linear.matrix_loss, linear.matrix_grad_and_value, {"w1": rand(4, 3, 2), "w2": rand(4, 2, 3)}, (rand(4, 2, 10), rand(4, 2, 10))),
+        (linear.width_toy_loss, linear.width_toy_grad_and_value, {"a": rand(4, 5), "b": rand(4, 5)}, (rand(4),)),
+    ]
+    for loss, grad_and_value, params, data in cases:
+        leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        value = loss(leaves, *data)
+        expected = torch.autograd.grad(value.sum(), list(leaves.values()))
+        closed, closed_value = grad_and_value(params, *data)
+        torch.testing.assert_close(closed_value, value.detach(), rtol=1e-12, atol=1e-14)
+        assert list(closed) == list(params)
+        for (name, grad), reference in zip(closed.items(), expected):
+            torch.testing.assert_close(grad, reference, rtol=1e-12, atol=1e-14, msg=f"{grad_and_value.__name__}[{name}]")
+        fast = train(loss, params, data=data, steps=30, lr=0.01, batched_loss=True, grad_and_value=grad_and_value)
+        slow = train(loss, params, data=data, steps=30, lr=0.01, batched_loss=True)
+        for name in params:
+            torch.testing.assert_close(fast.params[name], slow.params[name], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(torch.as_tensor(fast.records["loss"]), torch.as_tensor(slow.records["loss"]), rtol=1e-12, atol=1e-14)
+
+
+def test_closed_form_gradients_need_the_stacked_loss_every_parameter_and_one_loss_per_network():
+    params, data = small_grid()
+    with pytest.raises(ValueError, match="grad_and_value= needs batched_loss=True"):
+        train(linear.matrix_loss, params, data=data, steps=2, lr=0.1, grad_and_value=linear.matrix_grad_and_value)
+    with pytest.raises(ValueError, match="one gradient per parameter"):
+        train(linear.matrix_loss, params, data=data, steps=2, lr=0.1, batched_loss=True,
+              grad_and_value=lambda p, x, y: ({"w1": torch.zeros_like(p["w1"])}, linear.matrix_loss(p, x, y)))
+    with pytest.raises(ValueError, match="one loss per network"):
+        train(linear.matrix_loss, params, data=data, steps=2, lr=0.1, batched_loss=True,
+              grad_and_value=lambda p, x, y: (linear.matrix_grad_and_value(p, x, y)[0], torch.zeros(())))

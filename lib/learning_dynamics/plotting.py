@@ -13,10 +13,11 @@ from pathlib import Path
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import NullLocator  # noqa: F401  (re-exported for chapters)
+from matplotlib.ticker import LogLocator, NullLocator  # noqa: F401  (NullLocator re-exported for chapters)
 
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 FIGURE_DIR_ENV = "LD_FIGURE_DIR"
+LOG_MINOR_SUBS = (2.0, 5.0)  # minor ticks per decade on log axes that span more than one decade
 
 STYLE = {
     "figure.dpi": 110,
@@ -81,12 +82,33 @@ def panel_labels(axes) -> None:
         ax.text(-0.12, 1.04, f"({chr(97 + k)})", transform=ax.transAxes, fontweight="bold", va="bottom")
 
 
+def thin_log_minor_ticks(fig) -> None:
+    """Minor ticks at 2 and 5 per decade on every log axis that spans more than a decade.
+
+    Matplotlib's default puts eight minor ticks in each decade. Each one is a
+    tick object with lines and labels, measured by the constrained layout and
+    drawn again: on a log-log panel they are most of the figure's draw time,
+    and on a small panel they crowd it. Axes with a minor locator of their own,
+    and log axes under a decade (where minor ticks carry the labels), keep it.
+    """
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() != "log" or not axis.isDefault_minloc:
+                continue
+            low, high = sorted(axis.get_view_interval())
+            if low > 0 and high / low > 10:
+                axis.set_minor_locator(LogLocator(base=10, subs=LOG_MINOR_SUBS))
+                axis.isDefault_minloc = True  # still the book's default: a later scale change may reset it
+
+
 def show(fig, label: str) -> None:
     """Save ``fig`` as ``label``.png/.svg when LD_FIGURE_DIR is set, then display it once.
 
+    Log axes get the book's minor ticks first (:func:`thin_log_minor_ticks`).
     The command-line runner sets LD_FIGURE_DIR to a temporary folder that it
     moves into place only when the whole chapter succeeded.
     """
+    thin_log_minor_ticks(fig)
     out = os.environ.get(FIGURE_DIR_ENV)
     if out:
         folder = Path(out)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 from tqdm import tqdm
 
 from .validation import check_choice, check_int, check_positive
@@ -115,6 +115,7 @@ def train(
     max_loss: float = 1e12,
     desc: str = "training",
     batched_loss: bool = False,
+    grad_and_value: Callable | None = None,
 ) -> TrainResult:
     """Train every stacked network for ``steps`` steps and return a :class:`TrainResult`.
 
@@ -128,6 +129,12 @@ def train(
     dimension (it returns one loss per network); the gradients then come from
     one backward pass of the summed loss, exact because the networks do not
     interact, and cheaper than vmap for losses made of many small operations.
+
+    ``grad_and_value(params, *batch)``, when given, returns the per-network
+    gradients in closed form (a dict like ``params``) and the losses, and
+    replaces autograd; ``loss_fn`` is then the definition it must agree with
+    (the tests check each pair). It needs ``batched_loss=True``: both work on
+    the stacked parameters.
     """
     steps = check_int("steps", steps, low=1)
     record_every = check_int("record_every", record_every, low=1)
@@ -140,7 +147,14 @@ def train(
     lr = _learning_rates(lr, n, first)
 
     params = {k: v.detach().clone() for k, v in params.items()}
-    step_fn = _summed_backward(loss_fn) if batched_loss else vmap(grad_and_value(loss_fn))
+    if grad_and_value is not None and not batched_loss:
+        raise ValueError("grad_and_value= needs batched_loss=True: the closed-form gradients work on stacked parameters")
+    if grad_and_value is not None:
+        step_fn = _closed_form(grad_and_value, params)
+    elif batched_loss:
+        step_fn = _summed_backward(loss_fn)
+    else:
+        step_fn = vmap(torch.func.grad_and_value(loss_fn))
     generator = torch.Generator(device=first.device).manual_seed(seed)
     state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()} if optimizer == "adam" else {}
 
@@ -185,6 +199,25 @@ def _summed_backward(loss_fn: Callable) -> Callable:
             raise ValueError(f"with batched_loss=True the loss must return one value per network; got shape {tuple(loss.shape)}")
         grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads)), loss.detach()
+
+    return step
+
+
+def _closed_form(grad_and_value: Callable, like: dict[str, torch.Tensor]) -> Callable:
+    """Closed-form per-network gradients and losses of stacked parameters, checked once, with no autograd graph."""
+    checked = False
+
+    def step(params, *batch):
+        nonlocal checked
+        with torch.no_grad():
+            grads, loss = grad_and_value(params, *batch)
+        if not checked:
+            if grads.keys() != like.keys():
+                raise ValueError(f"grad_and_value must return one gradient per parameter {sorted(like)}; got {sorted(grads)}")
+            if loss.shape != (n_networks(like),):
+                raise ValueError(f"grad_and_value must return one loss per network; got shape {tuple(loss.shape)}")
+            checked = True
+        return grads, loss
 
     return step
 

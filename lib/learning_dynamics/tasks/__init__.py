@@ -36,11 +36,12 @@ def skill_sampler(frequencies, strength: float, n_networks: int, batch_size: int
     probs = torch.as_tensor(frequencies, dtype=dtype, device=device)
     n_skills = probs.numel()
 
+    features = torch.eye(n_skills, dtype=dtype, device=device)  # row k is the one-hot input of skill k
+    targets = torch.full((n_networks, batch_size), strength, dtype=dtype, device=device)
+
     def sample(generator, step):
         skills = torch.multinomial(probs.expand(n_networks, n_skills), batch_size, replacement=True, generator=generator)
-        x = torch.nn.functional.one_hot(skills, n_skills).to(dtype)
-        y = torch.full((n_networks, batch_size), strength, dtype=dtype, device=device)
-        return x, y
+        return features[skills], targets
 
     return sample
 
