@@ -176,6 +176,23 @@ def test_spectra_effective_rank_and_participation_ratio():
     assert int(O.effective_rank(O.trajectory_singular_values(plane), 0.999)) == 2
 
 
+@pytest.mark.parametrize("kind", ["rnn", "gru"])
+def test_stacked_loss_and_rollout_match_the_vmapped_ones(kind):
+    """The chapter trains with the stacked loss (batched_loss=True); it must equal vmap over networks."""
+    step = O.make_step(kind, 3, 6)
+    params = O.init_params(step, 2, n_networks=3, g=[0.5, 1.0, 5.0], seed=2)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, 5, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(3, 4, 5, 2, generator=gen, dtype=torch.float64)
+    forcing = torch.randn(3, 4, 5, 6, generator=gen, dtype=torch.float64)
+    vmapped = torch.func.vmap(lambda p, xx, f: O.rollout(step, p, xx, forcing=f))(params, x, forcing)
+    assert torch.allclose(O.rollout(step, params, x, forcing=forcing), vmapped, atol=1e-14)
+    loss = O.mse_loss(step)
+    assert torch.allclose(loss(params, x, y), torch.func.vmap(loss)(params, x, y), atol=1e-14)
+    with pytest.raises(ValueError, match="drive\\(\\) and recur\\(\\)"):
+        O.rollout(LeakyStep(3, 6), {k: v for k, v in params.items()}, x)
+
+
 def test_operator_ranks_and_histories_run_on_a_short_training():
     from learning_dynamics.train import train
 
@@ -300,6 +317,11 @@ for kind in ("gru", "rnn"):
         ops.operator(name)(z), ops.operator(name)(z[0])
     ops.J_theta(params), ops.J_theta_adj(z), ops.gradient(z[0]), O.dense_reference(ops)
     O.first_order_check(step, params, x, y, 1e-3)
+from learning_dynamics.train import train
+stacked = O.init_params(step, 3, n_networks=2, g=[0.5, 2.0], dtype=torch.float32)
+sampler = R.sampler(lambda n, gen: R.memory_pro(n, 2, 1, 2, generator=gen, dtype=torch.float32), 2, 4)
+train(O.mse_loss(step), stacked, steps=2, lr=1e-2, optimizer="adam", sampler=sampler, batched_loss=True,
+      record=O.recorder(step, x.float(), y.float()))
 print("torch._dynamo" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

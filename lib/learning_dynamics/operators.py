@@ -60,7 +60,11 @@ PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # nn.RNNCell / n
 
 
 class RNNStep(nn.Module):
-    """Vanilla RNN step h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (the equations and names of nn.RNNCell)."""
+    """Vanilla RNN step h' = tanh(W_ih x + b_ih + W_hh h + b_hh) (the equations and names of nn.RNNCell).
+
+    ``drive`` and ``recur`` take rows of inputs or states, (rows, n) for one
+    network or (N, rows, n) with parameters stacked over N networks.
+    """
 
     def __init__(self, n_in: int, n_hidden: int):
         super().__init__()
@@ -73,12 +77,12 @@ class RNNStep(nn.Module):
     @staticmethod
     def drive(theta, x):
         """The input part of the step (all time steps at once in a rollout)."""
-        return x @ theta["weight_ih"].T + (theta["bias_ih"] + theta["bias_hh"])
+        return x @ theta["weight_ih"].mT + (theta["bias_ih"] + theta["bias_hh"])[..., None, :]
 
     @staticmethod
     def recur(theta, h, drive):
         """The recurrent part: the next h from h and the input drive."""
-        return torch.tanh(drive + h @ theta["weight_hh"].T)
+        return torch.tanh(drive + h @ theta["weight_hh"].mT)
 
     def forward(self, h, x):
         theta = {name: getattr(self, name) for name in PARAM_NAMES}
@@ -86,7 +90,10 @@ class RNNStep(nn.Module):
 
 
 class GRUStep(nn.Module):
-    """GRU step with the equations and parameter names of nn.GRUCell (gates r, z, n stacked in rows)."""
+    """GRU step with the equations and parameter names of nn.GRUCell (gates r, z, n stacked in rows).
+
+    ``drive`` and ``recur`` work for one network or stacked ones, as in :class:`RNNStep`.
+    """
 
     def __init__(self, n_in: int, n_hidden: int):
         super().__init__()
@@ -99,14 +106,14 @@ class GRUStep(nn.Module):
     @staticmethod
     def drive(theta, x):
         """The input part of the step (all time steps at once in a rollout)."""
-        return x @ theta["weight_ih"].T + theta["bias_ih"]
+        return x @ theta["weight_ih"].mT + theta["bias_ih"][..., None, :]
 
     @staticmethod
     def recur(theta, h, drive):
         """The recurrent part: the next h from h and the input drive."""
         hidden = h.shape[-1]
         d_rz, d_n = drive.split([2 * hidden, hidden], -1)
-        g_rz, g_n = (h @ theta["weight_hh"].T + theta["bias_hh"]).split([2 * hidden, hidden], -1)
+        g_rz, g_n = (h @ theta["weight_hh"].mT + theta["bias_hh"][..., None, :]).split([2 * hidden, hidden], -1)
         r, z = torch.sigmoid(d_rz + g_rz).split([hidden, hidden], -1)
         n = torch.tanh(d_n + r * g_n)
         return n + z * (h - n)
@@ -182,44 +189,58 @@ def rollout(step: nn.Module, params: dict, inputs: torch.Tensor, h0=None, forcin
     """Hidden trajectory (B, T, H): h_t = F(h_{t-1}, x_t) + forcing_t, from h0 (zeros by default).
 
     Written for one network and one batch, so it can be vmapped over stacked
-    parameters and differentiated with torch.func.
+    parameters and differentiated with torch.func. For the batched trainer it
+    also takes stacked parameters (a leading network dimension N) with inputs
+    (N, B, T, n_in), and returns (N, B, T, H): a step with ``drive`` and
+    ``recur`` runs them on every network at once with batched products.
     """
     theta = step_params(step, params)
-    batch, steps = inputs.shape[0], inputs.shape[1]
-    h = inputs.new_zeros(batch, step.n_hidden) if h0 is None else h0
+    stacked = inputs.ndim == 4
+    batch, steps = inputs.shape[-3], inputs.shape[-2]
+    h = inputs.new_zeros(*inputs.shape[:-3], batch, step.n_hidden) if h0 is None else h0
     if hasattr(step, "drive") and hasattr(step, "recur"):
         # fast path: the input part of every step in one product, only the recurrence in the loop
-        drives = step.drive(theta, inputs).unbind(1)
+        rows = inputs.flatten(1, 2) if stacked else inputs  # (N, B T, n_in): one batched product per network
+        drives = step.drive(theta, rows).reshape(*inputs.shape[:-1], -1).unbind(-2)
 
         def advance(h, t):
             return step.recur(theta, h, drives[t])
+    elif stacked:
+        raise ValueError(f"stacked parameters need a step with drive() and recur(); {type(step).__name__} has none: vmap over networks")
     else:  # any module F(h, x): one functional call per step
         xs = inputs.unbind(1)
 
         def advance(h, t):
             return functional_call(step, theta, (h, xs[t]))
 
-    pushes = forcing.unbind(1) if forcing is not None else None  # unbind, not [:, t]: a cheap backward
+    pushes = forcing.unbind(-2) if forcing is not None else None  # unbind, not [:, t]: a cheap backward
     out = []
     for t in range(steps):
         h = advance(h, t)
         if pushes is not None:
             h = h + pushes[t]
         out.append(h)
-    return torch.stack(out, 1)
+    return torch.stack(out, -2)
 
 
 def readout(params: dict, hidden: torch.Tensor) -> torch.Tensor:
-    """y_t = W h_t + b with ``readout_w`` and ``readout_b``."""
+    """y_t = W h_t + b with ``readout_w`` and ``readout_b``, for one network (B, T, H) or stacked ones (N, B, T, H)."""
+    if hidden.ndim == 4:
+        out = hidden.flatten(1, 2) @ params["readout_w"].mT + params["readout_b"][:, None, :]
+        return out.reshape(*hidden.shape[:-1], -1)
     return hidden @ params["readout_w"].T + params["readout_b"]
 
 
 def mse_loss(step: nn.Module) -> Callable:
-    """``loss(params, inputs, targets)`` for ONE network: mean squared error of the readout over all entries."""
+    """``loss(params, inputs, targets)``: mean squared error of the readout over all entries.
+
+    For one network, a scalar; for stacked networks (inputs (N, B, T, n_in)),
+    one loss per network, for ``train(..., batched_loss=True)``.
+    """
 
     def loss(params, inputs, targets):
-        out = readout(params, rollout(step, params, inputs))
-        return ((out - targets) ** 2).mean()
+        squared = (readout(params, rollout(step, params, inputs)) - targets) ** 2
+        return squared.flatten(1).mean(1) if inputs.ndim == 4 else squared.mean()
 
     return loss
 
