@@ -1,9 +1,16 @@
 """One batched trainer: many networks (seeds x grid points) trained at once.
 
 Parameters are stacked: every tensor in ``params`` has the network index as
-its leading dimension. The loss is written for ONE network and vectorised
-with ``torch.func.vmap(torch.func.grad_and_value(...))``, so a grid of 1,600
-networks costs one Python loop over steps, not over networks.
+its leading dimension, so a grid of 1,600 networks costs one Python loop over
+steps, not over networks. The gradients come one of three ways:
+
+- the loss is written for ONE network and vectorised with
+  ``torch.func.vmap(torch.func.grad_and_value(...))`` (the default);
+- the loss takes the stacked parameters and returns one loss per network
+  (``batched_loss=True``): one backward pass of the summed loss;
+- the loss also has its gradient in closed form (``grad_and_value=``), for
+  tiny models where a step is a handful of products and autograd's overhead
+  would dominate.
 
 Data is either fixed (full-batch GD, ``data=``) or drawn afresh at every
 step (online SGD, ``sampler=``); either way it carries the network
