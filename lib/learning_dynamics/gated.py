@@ -427,7 +427,7 @@ class _Products:
         return values
 
 
-def _side_by_side(paths: tuple, params: dict) -> torch.Tensor:
+def side_by_side(paths: tuple, params: dict) -> torch.Tensor:
     """[W_p1, W_p2, ...] for pathways into one node, sharing common suffixes: (..., width, sum of input widths)."""
     plan = _Products()
     slot = plan.add(tuple(paths))
@@ -441,7 +441,7 @@ def pathway_products(net: GDLN, params: dict[str, torch.Tensor], node: str) -> t
     """
     if node not in net.outputs:
         raise ValueError(f"node must be an output node {list(net.outputs)}; got {node!r}")
-    return _side_by_side(tuple(p for p in net.pathways if net.target(p) == node), params)
+    return side_by_side(tuple(p for p in net.pathways if net.target(p) == node), params)
 
 
 def correlation_loss(net: GDLN, groups):

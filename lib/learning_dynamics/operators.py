@@ -225,10 +225,8 @@ def rollout(step: nn.Module, params: dict, inputs: torch.Tensor, h0=None, forcin
 
 def readout(params: dict, hidden: torch.Tensor) -> torch.Tensor:
     """y_t = W h_t + b with ``readout_w`` and ``readout_b``, for one network (B, T, H) or stacked ones (N, B, T, H)."""
-    if hidden.ndim == 4:
-        out = hidden.flatten(1, 2) @ params["readout_w"].mT + params["readout_b"][:, None, :]
-        return out.reshape(*hidden.shape[:-1], -1)
-    return hidden @ params["readout_w"].T + params["readout_b"]
+    rows = hidden.flatten(-3, -2)  # ([N,] B T, H): one product per network
+    return (rows @ params["readout_w"].mT + params["readout_b"][..., None, :]).reshape(*hidden.shape[:-1], -1)
 
 
 def mse_loss(step: nn.Module) -> Callable:
@@ -248,6 +246,11 @@ def mse_loss(step: nn.Module) -> Callable:
 def _grad(output, inputs, grad_outputs=None, batched=False, **kwargs):
     """torch.autograd.grad with grad mode on; unused inputs get zero gradients."""
     return torch.autograd.grad(output, inputs, grad_outputs, is_grads_batched=batched, materialize_grads=True, **kwargs)
+
+
+def _leaves(params: dict) -> dict[str, torch.Tensor]:
+    """Detached copies of the parameters that autograd records a graph in."""
+    return {k: v.detach().requires_grad_(True) for k, v in params.items()}
 
 
 def hidden_error(params: dict, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -355,9 +358,6 @@ class KPFlow:
         return ({k: torch.zeros_like(v) for k, v in self.params.items()}, torch.zeros_like(self.h0),
                 torch.zeros_like(self.inputs), torch.zeros_like(self.h_prev))
 
-    def _leaves(self):
-        return {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-
     @cached_property
     def _forcing_graph(self):
         """The forced rollout recorded at zero forcing, for P*."""
@@ -369,7 +369,7 @@ class KPFlow:
     def _step_graph(self):
         """The step at every (trial, time) recorded in theta, for J_theta^T."""
         with torch.enable_grad():
-            theta = self._leaves()
+            theta = _leaves(self.params)
             return list(theta.values()), self._step_all(theta)
 
     @cached_property
@@ -384,7 +384,7 @@ class KPFlow:
     def _trajectory_graph(self):
         """The rollout recorded in theta, for J_h^T = (P J_theta)^T."""
         with torch.enable_grad():
-            theta = self._leaves()
+            theta = _leaves(self.params)
             return list(theta.values()), self._trajectory(theta)
 
     def _trajectory(self, theta, h0=None, inputs=None):
@@ -751,7 +751,7 @@ def first_order_check(step: nn.Module, params: dict, inputs, targets, lr: float)
     if targets.shape != want:
         raise ValueError(f"targets must have shape {want} (trials, time, readout outputs); got {tuple(targets.shape)}")
     with torch.enable_grad():
-        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        leaves = _leaves(params)
         grads = dict(zip(leaves, _grad(mse_loss(step)(leaves, inputs, targets), list(leaves.values()))))
     moved = {k: v - lr * grads[k] for k, v in params.items()}
     ops = KPFlow(step, inputs, params)

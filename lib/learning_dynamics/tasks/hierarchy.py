@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..gated import GDLN, GatedData, _side_by_side, gated_data
+from ..gated import GDLN, GatedData, gated_data, side_by_side
 from ..validation import check_array, check_int, check_positive
 
 
@@ -179,7 +179,7 @@ def routing_pair_errors(task: GatedTask, params: dict[str, torch.Tensor]) -> tor
     features = task.test.targets["y0"][:n_items].T                    # pair (0, 0): the features of each item
     n_out = features.shape[0]
     with torch.no_grad():
-        prefix = _side_by_side(tuple((f"in{i}", "shared") for i in range(m)), params)            # (n, h, M items)
+        prefix = side_by_side(tuple((f"in{i}", "shared") for i in range(m)), params)            # (n, h, M items)
         outs = torch.stack([params[f"out{j}"] for j in range(m)], dim=1)                          # (n, M, out, h)
         w = (outs @ prefix.unsqueeze(1)).reshape(prefix.shape[0], m, n_out, m, n_items)          # (n, j, out, i, item)
         y = torch.as_tensor(features, dtype=w.dtype, device=w.device)
