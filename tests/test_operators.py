@@ -190,7 +190,7 @@ def test_stacked_loss_and_rollout_match_the_vmapped_ones(kind):
     loss = O.mse_loss(step)
     assert torch.allclose(loss(params, x, y), torch.func.vmap(loss)(params, x, y), atol=1e-14)
     with pytest.raises(ValueError, match="drive\\(\\) and recur\\(\\)"):
-        O.rollout(LeakyStep(3, 6), {k: v for k, v in params.items()}, x)
+        O.rollout(LeakyStep(3, 6), params, x)
 
 
 def test_operator_ranks_and_histories_run_on_a_short_training():
