@@ -45,6 +45,8 @@ def test_claim_constructors_pass_and_fail():
     assert claims.below("x", 0.1, 1).passed and not claims.below("x", 2, 1).passed
     assert claims.above("x", 2, 1).passed and not claims.above("x", 0.5, 1).passed
     assert claims.fraction("x", [True, True]).passed and not claims.fraction("x", [True, False]).passed
+    assert claims.fraction("x", [True] * 12).tolerance == "all 12"
+    assert claims.fraction("x", [True, False], need=0.5).tolerance == ">= 50% of 2"
     with pytest.raises(ValueError, match="not finite"):
         claims.below("x", float("nan"), 1)
 

@@ -86,7 +86,8 @@ def fraction(statement, flags, *, paper="all", need=1.0, figure="", known_discre
     if flags.size == 0:
         raise ValueError(f"claim {statement!r}: no cases to check")
     share = float(flags.mean())
-    return Claim(statement, paper, share, f">= {need:g} of {flags.size}", share >= need, figure, known_discrepancy)
+    tolerance = f"all {flags.size}" if need >= 1 else f">= {need:.0%} of {flags.size}"
+    return Claim(statement, paper, share, tolerance, share >= need, figure, known_discrepancy)
 
 
 def _fmt(x: float) -> str:
