@@ -60,7 +60,8 @@ def test_show_saves_png_and_svg_when_asked(monkeypatch, tmp_path):
 def test_log_minor_ticks_thinned_only_beyond_one_decade(top, thinned):
     fig, ax = plt.subplots()
     ax.semilogy([1.0, top])
+    ax.set_ylim(1.0, top)
     plotting.thin_log_minor_ticks(fig)
-    subs = ax.yaxis.get_minor_locator()._subs
+    first_decade = sorted(round(t, 6) for t in ax.yaxis.get_minorticklocs() if 1 < t < min(top, 10))
     plt.close(fig)
-    assert (list(subs) == list(plotting.LOG_MINOR_SUBS)) is thinned
+    assert (first_decade == list(plotting.LOG_MINOR_SUBS)) is thinned

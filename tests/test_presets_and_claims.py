@@ -1,7 +1,9 @@
 """Presets validate their parameters; claims are real checks that can fail."""
 
+import gc
 import json
 
+import matplotlib as mpl
 import pytest
 
 from learning_dynamics import claims, presets
@@ -32,6 +34,22 @@ def test_bad_parameters_name_the_parameter(kwargs, match):
 def test_unknown_chapter():
     with pytest.raises(ValueError, match="chapter must be one of"):
         presets.resolve("nope")
+
+
+def test_start_chapter_resolves_styles_and_freezes_the_imports():
+    from learning_dynamics import plotting
+
+    mpl.rcParams["font.size"] = 20.0
+    try:
+        cfg = presets.start_chapter("kpflow", "smoke", seed=3, overrides={"hidden": 8})
+        assert cfg == presets.resolve("kpflow", "smoke", seed=3, overrides={"hidden": 8})
+        assert mpl.rcParams["font.size"] == plotting.STYLE["font.size"]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        mpl.rcdefaults()
+    with pytest.raises(ValueError, match="preset must be one of"):
+        presets.start_chapter("kpflow", "huge")
 
 
 def test_fields_describe_their_range():

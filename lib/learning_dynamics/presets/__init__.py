@@ -14,6 +14,7 @@ touches no shared file.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -124,6 +125,23 @@ def resolve(chapter: str, preset: str = "book", *, seed: int = 0, device: str = 
             )
     values = {**sizes[preset], **overrides}
     return cls(preset=preset, seed=seed, device=device, **values)
+
+
+def start_chapter(chapter: str, preset: str = "book", *, seed: int = 0, device: str = "cpu",
+                  overrides: dict | None = None):
+    """A chapter notebook's setup, called once its imports are done: the resolved preset, in the book style.
+
+    It also freezes Python's garbage collector on every object that exists by
+    then (torch, matplotlib, the library). They live for the whole run, so
+    full collections, and the one at the kernel's exit, no longer walk them:
+    about 1-2 s less per chapter.
+    """
+    from ..plotting import use_style
+
+    cfg = resolve(chapter, preset, seed=seed, device=device, overrides=overrides)
+    use_style()
+    gc.freeze()
+    return cfg
 
 
 def fields_of(chapter: str) -> dict[str, str]:
