@@ -337,26 +337,31 @@ def lambda_grid_init(x, y, lams, scales, *, seed, aligned=False):
     return lambda_balanced_init(lams, svals, u, vt, r)
 
 
-def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False):
+def lambda_grid_data(x, y, scales):
+    """The stacked data of the grid: X for every network and Y / scale, shapes (n, d, N)."""
+    scales = torch.as_tensor(scales, dtype=torch.float64)
+    return torch.as_tensor(x).expand(scales.numel(), *x.shape), torch.as_tensor(y)[None] / scales[:, None, None]
+
+
+def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, closed_form=True):
     """Full-batch GD of 2-2-2 linear networks from :func:`lambda_grid_init`, fitting Y / scale, in one batched run.
 
     Returns W1 W1^T-free summaries: the initial and final layer grams
     (W1^T W1, W2 W2^T), the final loss and the drift of the conserved matrix,
-    as numpy arrays.
+    as numpy arrays. The gradients are :func:`matrix_grad_and_value`'s closed
+    form, or autograd's with ``closed_form=False`` (the benchmark compares them).
     """
     w1, w2 = lambda_grid_init(x, y, lams, scales, seed=seed, aligned=aligned)
     lams = torch.as_tensor(lams, dtype=torch.float64)
-    scales = torch.as_tensor(scales, dtype=torch.float64)
-    n, d = lams.numel(), x.shape[0]
-    xt = torch.as_tensor(x).expand(n, *x.shape)
-    yt = torch.as_tensor(y)[None] / scales[:, None, None]
+    d = x.shape[0]
+    xt, yt = lambda_grid_data(x, y, scales)
     grams = lambda p: {  # noqa: E731
         "w1tw1": p["w1"].transpose(-1, -2) @ p["w1"],
         "w2w2t": p["w2"] @ p["w2"].transpose(-1, -2),
     }
     result = train(matrix_loss, {"w1": w1, "w2": w2}, data=(xt, yt), steps=steps, lr=lr, seed=seed,
                    record=grams, record_every=steps, desc="lambda x scale grid", batched_loss=True,
-                   grad_and_value=matrix_grad_and_value)
+                   grad_and_value=matrix_grad_and_value if closed_form else None)
     rec = result.records
     return {"w1tw1": rec["w1tw1"], "w2w2t": rec["w2w2t"], "loss": rec["loss"], "conserved": (
         conserved_matrix(result.params["w1"], result.params["w2"]) - lams[:, None, None] * torch.eye(d)).numpy()}
