@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import learning_dynamics  # noqa: F401  first: its CPU thread policy applies before any test imports torch
+
 os.environ.setdefault("LD_PROGRESS", "0")
 
 ROOT = Path(__file__).resolve().parents[1]

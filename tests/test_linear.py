@@ -127,3 +127,17 @@ def test_whiten_gives_identity_covariance():
     np.testing.assert_allclose(x @ x.T / 20, np.eye(3), atol=1e-12)
     with pytest.raises(ValueError, match="number of samples"):
         linear.whiten(np.ones((3, 3)))
+
+
+def test_random_regression_with_a_fixed_target_spectrum():
+    x, y = tasks.random_regression(10, 2, 2, seed=4, singular_values=(0.54, 0.14))
+    np.testing.assert_allclose(x @ x.T / 10, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.svd(y @ x.T / 10, compute_uv=False), [0.54, 0.14], rtol=1e-12)
+    with pytest.raises(ValueError, match="singular_values must be 2"):
+        tasks.random_regression(10, 2, 2, seed=0, singular_values=(1.0,))
+
+
+def test_every_neuron_of_the_width_toy_shares_one_growth_factor():
+    # under discrete GD every (a_i + b_i) is multiplied by the same factor at each step: an identity, not a claim
+    toy = linear.width_toy_runs(np.array([0.1, 3.0]), 50, 1.0, lr=1e-3, steps=2000, n_seeds=2, seed=0, record_every=500)
+    assert np.max(toy["growth"].std(axis=1) / toy["growth"].mean(axis=1)) < 1e-8

@@ -210,3 +210,24 @@ def test_stacked_losses_match_vmap_of_one_network():
     net = {"U": torch.randn(3, 6, 5, generator=gen, dtype=torch.float64), "w": torch.randn(3, 6, generator=gen, dtype=torch.float64)}
     gammas = torch.rand(3, dtype=torch.float64)
     assert shallow.tanh_loss(net, x, y, gammas) == pytest.approx(vmap(shallow.tanh_loss)(net, x, y, gammas), abs=1e-14)
+
+
+def test_parallel_init_stays_parallel_under_gd():
+    # the rescaling mechanism's zero angle change is an identity of the dynamics (moved out of the claims)
+    batch = shallow.prototype_inits([4], [1, 50], seed=3)
+    sel = batch.mask("rescaling")
+    gd = shallow.gd_runs(batch.u0[sel], batch.w0[sel], **{k: v[sel] if np.ndim(v) else v for k, v in batch.hyper().items()},
+                         lr=1e-2, steps=300, record_every=300)
+    assert shallow.mechanism_stats(gd)["angle_change"].max() < 1e-6
+
+
+def test_prototypes_have_their_overlaps_at_every_seed():
+    # the flow depends on an init only through its overlaps, so every seed gives the same mechanism statistics
+    stats = []
+    for seed in range(4):
+        batch = shallow.prototype_inits([10, 100], [1, 100], seed=seed)
+        stats.append(shallow.mechanism_stats(shallow.final_state(*batch.overlaps(), **batch.hyper())))
+    for key in ("alignment_change", "norm_change", "kernel_ratio"):
+        np.testing.assert_allclose(stats[0][key], stats[3][key], rtol=1e-9, atol=1e-12)
+    u, w = shallow.pair_with_overlaps(np.random.default_rng(0), 7, 2.0, 3.0, 0.25)
+    np.testing.assert_allclose([np.linalg.norm(u), np.linalg.norm(w), u @ w / 6.0], [2.0, 3.0, 0.25], rtol=1e-12)

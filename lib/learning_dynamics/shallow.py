@@ -447,22 +447,34 @@ def scaled_inits(widths, n_seeds, *, a, b, c=1.0, eta_ratio=1.0, seed=0, label=N
                  d, label or f"a={a:g}, b={b:g}")
 
 
+def pair_with_overlaps(rng, d, norm_u, norm_w, cos):
+    """Random directions u, w in R^d (d >= 2) with exactly |u| = norm_u, |w| = norm_w and cos(u, w) = cos."""
+    e1, e2 = np.linalg.qr(rng.standard_normal((d, 2)))[0].T
+    return norm_u * e1, norm_w * (cos * e1 + np.sqrt(1 - cos**2) * e2)
+
+
 def prototype_inits(widths, rescaling_widths, seed=0):
     """Inits of the three mechanisms, in the mean-field scaling gamma = 1/d, eta = d.
 
-    Alignment and disalignment at each of ``widths``, rescaling at each of
-    ``rescaling_widths`` (at d = 1 every init is a rescaling one):
+    Alignment and disalignment at each of ``widths`` (d >= 2), rescaling at
+    each of ``rescaling_widths`` (at d = 1 every init is a rescaling one).
+    The flow depends on an init only through |u0|, |w0| and u0 . w0, so each
+    prototype fixes these at the typical values of its random recipe and
+    draws only the directions: the mechanism is the intended one at every
+    seed, instead of at most of them (a width-10 draw can land anywhere).
 
-    - ``alignment``: small random init (sigma = 0.1), target c = 1: F0 << c;
-    - ``disalignment``: correlated, pre-aligned init u0 = v + 0.3 xi,
-      w0 = v + 0.3 xi' (cos ~ 0.9) that overshoots the target c = 0.2: F0 > c;
+    - ``alignment``: small init, |u0| = |w0| = 0.1 sqrt(d) with the typical
+      random overlap cos = 1/sqrt(d), target c = 1: F0 << c;
+    - ``disalignment``: pre-aligned u0 = v + 0.3 xi, w0 = v + 0.3 xi' in the
+      large-d limit (|u0|^2 = |w0|^2 = 1.09 d, cos = 1/1.09) that overshoots
+      the target c = 0.2: F0 > c;
     - ``rescaling``: parallel init u0 = s_u v, w0 = s_w v (|v|^2 = d), c = 1,
       with (s_u, s_w) cycling through (0.1, 0.3), (0.3, 0.1), (0.2, 0.2);
     - ``lazy alignment`` (one network at the first of ``widths``):
-      eta_u = 100 eta_w with a small u0 (0.01 xi) and w0 = xi', c = 1: u
-      aligns with w almost without changing the NTK.
+      eta_u = 100 eta_w with a small u0 (|u0| = 0.01 sqrt(d)), |w0| = sqrt(d),
+      cos = 1/sqrt(d), c = 1: u aligns with w almost without changing the NTK.
     """
-    widths = [check_int("width", int(d), low=1) for d in np.atleast_1d(widths)]
+    widths = [check_int("width", int(d), low=2) for d in np.atleast_1d(widths)]
     rescaling_widths = [check_int("width", int(d), low=1) for d in np.atleast_1d(rescaling_widths)]
     rng = np.random.default_rng(check_int("seed", seed, low=0))
     d_max = max(widths + rescaling_widths)
@@ -472,20 +484,20 @@ def prototype_inits(widths, rescaling_widths, seed=0):
         sizes = rescaling_widths if name == "rescaling" else widths
         for n, d in enumerate(sizes):
             if name == "alignment":
-                us.append(0.1 * rng.standard_normal(d)), ws.append(0.1 * rng.standard_normal(d))
+                u, w = pair_with_overlaps(rng, d, 0.1 * np.sqrt(d), 0.1 * np.sqrt(d), 1 / np.sqrt(d))
             elif name == "disalignment":
-                v = rng.standard_normal(d)
-                us.append(v + 0.3 * rng.standard_normal(d)), ws.append(v + 0.3 * rng.standard_normal(d))
+                u, w = pair_with_overlaps(rng, d, np.sqrt(1.09 * d), np.sqrt(1.09 * d), 1 / 1.09)
             else:
                 v = rng.standard_normal(d)
                 v *= np.sqrt(d) / np.linalg.norm(v)
                 s_u, s_w = ((0.1, 0.3), (0.3, 0.1), (0.2, 0.2))[n % 3]
-                us.append(s_u * v), ws.append(s_w * v)
+                u, w = s_u * v, s_w * v
+            us.append(u), ws.append(w)
         d = np.array(sizes, dtype=np.float64)
         batches.append(Inits(_embed(us, d_max), _embed(ws, d_max), 1 / d, c, d, d, d, name))
     d = widths[0]
-    lazy = Inits(_embed([0.01 * rng.standard_normal(d)], d_max), _embed([rng.standard_normal(d)], d_max),
-                 1 / d, 1.0, 10.0 * d, d / 10.0, d, "lazy alignment")
+    u, w = pair_with_overlaps(rng, d, 0.01 * np.sqrt(d), np.sqrt(d), 1 / np.sqrt(d))
+    lazy = Inits(_embed([u], d_max), _embed([w], d_max), 1 / d, 1.0, 10.0 * d, d / 10.0, d, "lazy alignment")
     return batches[0] + batches[1] + batches[2] + lazy
 
 

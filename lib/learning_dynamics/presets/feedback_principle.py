@@ -17,6 +17,8 @@ class FeedbackPrinciple(ChapterPreset):
     skill_batch: int = param(2000, low=1, help="samples per SGD step")
     n_seeds: int = param(4, low=1, help="independent runs per experiment")
     # Figure 2: lazy vs rich heatmap
+    target_singular_values: tuple = param((0.54, 0.14), help="singular values of the 2-2-2 target map Y X^T / N "
+                                           "(the medians over 4,000 random 10-sample tasks; directions stay random)")
     grid_points: int = param(40, low=4, high=200, help="lambda and scale values per axis")
     grid_lr: float = param(0.01, low=0.0, strict_low=True, help="GD step of the 2-2-2 network")
     grid_steps: int = param(4000, low=1, help="full-batch GD steps of the 2-2-2 network")

@@ -46,10 +46,28 @@ def skill_sampler(frequencies, strength: float, n_networks: int, batch_size: int
     return sample
 
 
-def random_regression(n_samples: int, in_dim: int, out_dim: int, seed: int):
-    """Whitened Gaussian inputs X (in x N, X X^T / N = I) and Gaussian targets Y (out x N)."""
+def random_regression(n_samples: int, in_dim: int, out_dim: int, seed: int, singular_values=None):
+    """Whitened Gaussian inputs X (in x N, X X^T / N = I) and Gaussian targets Y (out x N).
+
+    With ``singular_values``, the target map Y X^T / N has exactly those
+    singular values, with random singular vectors: Y = U diag(s) V^T X plus
+    Gaussian noise orthogonal to X's rows (which GD on whitened inputs never
+    sees). The feedback-principle chapter fixes them at the median spectrum
+    of the plain random tasks, since its kernel distance depends on the
+    spectrum: a nearly isotropic target (one in 16 random draws) barely turns
+    the kernel even in the rich regime.
+    """
     n_samples = check_int("n_samples", n_samples, low=in_dim + 1)
     rng = np.random.default_rng(check_int("seed", seed, low=0))
     x = whiten(rng.standard_normal((in_dim, n_samples)))
     y = rng.standard_normal((out_dim, n_samples))
-    return x, y
+    if singular_values is None:
+        return x, y
+    s = np.asarray(singular_values, dtype=np.float64)
+    rank = min(in_dim, out_dim)
+    if s.shape != (rank,) or np.any(s < 0) or not np.all(np.isfinite(s)):
+        raise ValueError(f"singular_values must be {rank} finite values >= 0; got {singular_values!r}")
+    u = np.linalg.qr(rng.standard_normal((out_dim, rank)))[0]
+    v = np.linalg.qr(rng.standard_normal((in_dim, rank)))[0]
+    noise = y - (y @ x.T / n_samples) @ x  # the part of Y that X cannot reach
+    return x, u @ np.diag(s) @ v.T @ x + noise

@@ -1,0 +1,43 @@
+"""The library's CPU thread policy, set in one place (DESIGN.md), on import.
+
+torch's CPU kernels run on GNU OpenMP threads, which by default spin while
+they wait for the next parallel region. On an idle machine that saves a few
+microseconds; on a shared one a spinning worker holds a core that the main
+thread needs, and a chapter ran 6-10x slower for a 2x share of the CPU.
+``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep instead.
+
+libgomp reads the variable once, when torch loads it, so the policy must be
+in the environment before ``import torch``. Importing ``learning_dynamics``
+does that (every chapter imports it first), and the processes it starts
+(papermill kernels, dask workers) inherit it. A value the user set is kept.
+If torch was imported first, the spinning threads are already running: the
+library then uses one intra-op thread, which cannot spin, and warns.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+WAIT_POLICY = "PASSIVE"
+
+
+def apply() -> str:
+    """Set the policy; return what was done ("set", "user", or "single thread")."""
+    if os.environ.get("OMP_WAIT_POLICY"):
+        return "user"
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    if "torch" not in sys.modules:
+        return "set"
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.warn(
+        "torch was imported before learning_dynamics, so its OpenMP threads spin while waiting and slow "
+        "down badly on a busy machine; using one CPU thread. Import learning_dynamics first, or set "
+        "OMP_WAIT_POLICY=PASSIVE in the environment, to keep every thread.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return "single thread"
