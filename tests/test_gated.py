@@ -246,3 +246,11 @@ def test_routing_pair_errors_and_projectors_match_the_generic_ones():
         u = torch.as_tensor(task.modes_out[task.net.target(p)])
         v = torch.as_tensor(task.modes_in[task.net.source(p)])
         torch.testing.assert_close(pi[:, k], torch.einsum("ia,nij,ja->na", u, w, v))
+
+
+def test_one_context_ties_the_shared_and_the_private_pathway():
+    # at C = 1 both pathways of depth 2 see the same data from the same start: a tie by symmetry (moved out of the claims)
+    task = hierarchy.context_task(1, 1, 2, 8, (3.0, 2.0, 2.5))
+    run = gated.aligned_runs([task], 0.1, lr=1e-3, steps=2000, seed=0)
+    share = run["gd"][-1, 0, 0, :2] / run["gd"][-1, 0, :2, :2].sum(0)
+    np.testing.assert_allclose(share, 0.5, atol=1e-9)
