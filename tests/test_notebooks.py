@@ -36,7 +36,10 @@ def test_structure(notebook):
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
     names = {line.split("=")[0].strip() for line in "".join(tagged[0]["source"]).splitlines() if "=" in line}
     assert names == PARAMETER_NAMES, "the parameters cell holds only preset, seed, device, overrides"
-    assert f'presets.start_chapter("{notebook.stem}"' in "".join(code[code.index(tagged[0]) + 1]["source"])
+    setup = "".join(code[code.index(tagged[0]) + 1]["source"])
+    assert f'presets.start_chapter("{notebook.stem}"' in setup
+    imports = [line for line in setup.splitlines() if line.startswith(("import ", "from "))]
+    assert imports[0].startswith("from learning_dynamics"), "the library first: its thread policy applies before torch"
     assert any(c.get("outputs") for c in code), "committed with outputs (nbval compares them)"
     assert not any(o.get("output_type") == "error" for c in code for o in c["outputs"])
     assert figure_labels(notebook), "every chapter has numbered, captioned figures"
