@@ -6,6 +6,7 @@ import json
 import matplotlib as mpl
 import pytest
 
+from conftest import ROOT
 from learning_dynamics import claims, presets
 
 
@@ -88,3 +89,19 @@ def test_report_raises_on_failure_and_glues_json(capsys):
 def test_markdown_table_escapes_pipes():
     table = claims.table_markdown([claims.below("|x| small", 0.1, 1.0)])
     assert "\\|x\\|" in table
+
+
+def test_machine_dependent_values_are_marked_and_masked_for_nbval():
+    import configparser
+    import re
+
+    from learning_dynamics import claims
+
+    table = [claims.below("ReLU's float32 result", -0.2254, 0.0, machine_dependent=True), claims.below("float64", 0.5, 1.0)]
+    text = claims.table_markdown(table) + "\n" + repr(__import__("json").dumps({"claims": claims.to_records(table)}))
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "tests" / "sanitize.cfg", encoding="utf-8")
+    for section in cfg.sections():
+        text = re.sub(cfg[section]["regex"], cfg[section]["replace"], text)
+    assert "-0.225" not in text and "MACHINE" in text and "| 0.5 |" in text and '"ours": 0.5' in text
+    assert claims.from_records(claims.to_records(table)) == table

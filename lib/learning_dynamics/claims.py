@@ -88,14 +88,14 @@ def above(statement, ours, bound, *, paper=None, figure="", known_discrepancy=""
                  ours > bound, figure, known_discrepancy, machine_dependent)
 
 
-def fraction(statement, flags, *, paper="all", need=1.0, figure="", known_discrepancy="") -> Claim:
+def fraction(statement, flags, *, paper="all", need=1.0, figure="", known_discrepancy="", machine_dependent=False) -> Claim:
     """The fraction of True in ``flags`` is at least ``need`` (1.0 = every case)."""
     flags = np.asarray(flags, dtype=bool)
     if flags.size == 0:
         raise ValueError(f"claim {statement!r}: no cases to check")
     share = float(flags.mean())
     tolerance = f"all {flags.size}" if need >= 1 else f">= {need:.0%} of {flags.size}"
-    return Claim(statement, paper, share, tolerance, share >= need, figure, known_discrepancy)
+    return Claim(statement, paper, share, tolerance, share >= need, figure, known_discrepancy, machine_dependent)
 
 
 MACHINE_MARK = "\u2020"  # dagger: a float32 value whose digits depend on the machine
