@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export LD_PROGRESS ?= 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test bench notebooks clean
+.PHONY: book test bench notebooks seeds clean
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(STAMP)
 notebooks: $(STAMP)
 	@for nb in notebooks/*.ipynb; do \
 		TIMEFORMAT="$$nb: %R s"; time $(VENV)/bin/jupyter execute --inplace --timeout=600 $$nb || exit 1; done
+
+# Every chapter's claims at seeds 0-9, at smoke and at book (make test runs the smoke half).
+seeds: $(STAMP)
+	@for preset in smoke book; do for nb in notebooks/*.ipynb; do \
+		$(PYTHON) -m learning_dynamics.seeds $$(basename $$nb .ipynb) --preset $$preset --seeds 0-9 || status=1; done; done; exit $${status:-0}
 
 bench: $(STAMP)
 	$(PYTHON) bench/run.py
