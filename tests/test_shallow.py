@@ -231,3 +231,8 @@ def test_prototypes_have_their_overlaps_at_every_seed():
         np.testing.assert_allclose(stats[0][key], stats[3][key], rtol=1e-9, atol=1e-12)
     u, w = shallow.pair_with_overlaps(np.random.default_rng(0), 7, 2.0, 3.0, 0.25)
     np.testing.assert_allclose([np.linalg.norm(u), np.linalg.norm(w), u @ w / 6.0], [2.0, 3.0, 0.25], rtol=1e-12)
+
+
+def test_points_near_the_kernel_threshold_are_not_clear():
+    stats = {"kernel_ratio": np.array([1.0, 1.0499, 1.056, 0.9, 3.0])}
+    np.testing.assert_array_equal(shallow.clear_of_kernel_threshold(stats), [True, False, True, True, True])
