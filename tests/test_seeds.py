@@ -9,7 +9,6 @@ from conftest import NOTEBOOKS, ROOT
 
 # Claims that still fail at some seeds (issue "Claims that hold at any seed"): listed, not hidden.
 SEED_FRAGILE = {
-    "kpflow": "the hidden-rank fall at g = 5 and PKP* below K at index 10 fail at seeds 1, 3, 5, 6",
     "spring_block": "the smoke DNN's four corner cells: Spearman, Fisher z and the accuracy gain fail at seeds 5 and 8",
 }
 

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from . import linear
-from .train import TrainResult, progress, small_problem, train
+from .threads import small_problem
+from .train import TrainResult, progress, train
 from .validation import check_array, check_int, check_positive
 
 # ---------------------------------------------------------------------------
@@ -489,9 +490,8 @@ def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, 
     n = next(iter(params.values())).shape[0]
     device = next(iter(params.values())).device
     groups, batch = correlation_batch(net, data, None if isinstance(data, list) else n, device=device)
-    with small_problem(sum(p.numel() for p in params.values()), device):
-        return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,
-                     record_every=record_every, seed=seed, desc=desc, batched_loss=True)
+    return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,
+                 record_every=record_every, seed=seed, desc=desc, batched_loss=True)
 
 
 # ---------------------------------------------------------------------------

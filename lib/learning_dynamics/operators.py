@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
+from .threads import small_problem
 from .train import progress
 from .validation import check_choice, check_device, check_float, check_int
 
@@ -701,6 +702,31 @@ def recorder(step: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Ca
     return record
 
 
+def _network_size(records: dict) -> int:
+    """Weight entries of one recorded network (what :func:`small_problem` sizes the thread count by)."""
+    return sum(math.prod(v.shape[2:]) for k, v in records.items() if k.startswith(PARAM_PREFIX))
+
+
+def final_spectra(step: nn.Module, records: dict, inputs, k: int, *, index: int = -1, n_iter: int = 2, seed: int = 0,
+                  dtype=torch.float32, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Leading singular values s_i / s_1 of the whole K, P and P K P* of every network at one record.
+
+    Randomised SVD (:func:`leading_spectrum`) over matrix-free products on the
+    trajectory space (trials x time x hidden); returns arrays (network, k).
+    """
+    inputs = torch.as_tensor(inputs).to(device=device, dtype=dtype)
+    n_nets = next(v for name, v in records.items() if name.startswith(PARAM_PREFIX)).shape[1]
+    out = {"K": [], "P": [], "PKP": []}
+    with small_problem(_network_size(records), device):
+        for n in range(n_nets):
+            ops = KPFlow(step, inputs, checkpoint(records, index, n, dtype=dtype, device=device))
+            for name, apply, adjoint in (("K", ops.K, None), ("P", ops.P, ops.P_adj), ("PKP", ops.PKP, None)):
+                s = leading_spectrum(apply, ops.shape, k, adjoint=adjoint, n_iter=n_iter, seed=seed, dtype=dtype,
+                                     device=device)
+                out[name].append((s / s[0]).cpu().numpy())
+    return {name: np.array(v) for name, v in out.items()}
+
+
 def checkpoint(records: dict, index: int, network: int, *, dtype=None, device: str = "cpu") -> dict[str, torch.Tensor]:
     """The parameters of one network at one recorded step, from ``TrainResult.records``."""
     names = [k for k in records if k.startswith(PARAM_PREFIX)]
@@ -774,10 +800,11 @@ def rank_history(step: nn.Module, records: dict, inputs, *, every: int = 1, n_pr
     index = sorted(set(range(0, n_records, every)) | {n_records - 1})
     inputs = torch.as_tensor(inputs).to(device=device, dtype=dtype)
     rows = []
-    for i in progress(index, desc="operators along training"):
-        rows.append([operator_ranks(KPFlow(step, inputs, checkpoint(records, i, n, dtype=inputs.dtype, device=device)),
-                                    n_probes=n_probes, seed=seed, keep=keep, threshold=threshold)
-                     for n in range(n_nets)])
+    with small_problem(_network_size(records), device):
+        for i in progress(index, desc="operators along training"):
+            rows.append([operator_ranks(KPFlow(step, inputs, checkpoint(records, i, n, dtype=inputs.dtype, device=device)),
+                                        n_probes=n_probes, seed=seed, keep=keep, threshold=threshold)
+                         for n in range(n_nets)])
     out = {"index": np.array(index)}
     for name in ("K", "P", "PKP", "alignment_PKP_PP"):
         out[name] = np.array([[r[name] for r in row] for row in rows])
@@ -804,16 +831,17 @@ def alignment_history(step: nn.Module, records: dict, inputs, targets, task_inde
     n_records = next(iter(records.values())).shape[0]
     n_nets = next(v for k, v in records.items() if k.startswith(PARAM_PREFIX)).shape[1]
     out = {"hidden": [], "objective": [], "gradient": []}
-    for i in progress(range(n_records), desc="task alignment along training"):
-        row = {k: [] for k in out}
-        for n in range(n_nets):
-            params = checkpoint(records, i, n, dtype=inputs.dtype, device=device)
-            ops = KPFlow(step, inputs, params)
-            errors = task_errors(params, ops.hidden, targets, task_index, n_tasks)
-            by_task = torch.stack([ops.hidden[task_index == k] for k in range(n_tasks)])
-            row["hidden"].append(cosine_matrix(by_task))
-            row["objective"].append(task_alignment(ops, errors))
-            row["gradient"].append(gradient_alignment(ops, errors))
-        for k in out:
-            out[k].append(torch.stack(row[k]).cpu().numpy())
+    with small_problem(_network_size(records), device):
+        for i in progress(range(n_records), desc="task alignment along training"):
+            row = {k: [] for k in out}
+            for n in range(n_nets):
+                params = checkpoint(records, i, n, dtype=inputs.dtype, device=device)
+                ops = KPFlow(step, inputs, params)
+                errors = task_errors(params, ops.hidden, targets, task_index, n_tasks)
+                by_task = torch.stack([ops.hidden[task_index == k] for k in range(n_tasks)])
+                row["hidden"].append(cosine_matrix(by_task))
+                row["objective"].append(task_alignment(ops, errors))
+                row["gradient"].append(gradient_alignment(ops, errors))
+            for k in out:
+                out[k].append(torch.stack(row[k]).cpu().numpy())
     return {k: np.stack(v) for k, v in out.items()}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 from torch.func import vmap
 from tqdm import tqdm
 
+from .threads import small_problem
 from .validation import check_choice, check_int, check_positive
 
 OPTIMIZERS = ("gd", "adam")
@@ -70,29 +70,6 @@ def progress_enabled() -> bool:
 def progress(iterable=None, **kwargs):
     """The library's one progress bar (tqdm), silenced by LD_PROGRESS=0."""
     return tqdm(iterable, disable=not progress_enabled(), leave=False, **kwargs)
-
-
-SINGLE_THREAD_BELOW = 100_000  # stacked entries below which small_problem uses one CPU thread
-
-
-@contextmanager
-def small_problem(size: int, device="cpu"):
-    """One intra-op CPU thread for a problem of ``size`` weight entries below SINGLE_THREAD_BELOW.
-
-    Each step is a few dozen tiny products: a second thread only adds synchronisation, and when the
-    other cores are busy every parallel region waits for a thread to be scheduled (a first batched QR
-    of 64 x 64 matrices took 0.2 s on two busy cores, against 2 ms on one thread). The previous
-    setting is restored afterwards.
-    """
-    threads = torch.get_num_threads()
-    single = torch.device(device).type == "cpu" and size < SINGLE_THREAD_BELOW and threads > 1
-    if single:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if single:
-            torch.set_num_threads(threads)
 
 
 def n_networks(params: dict[str, torch.Tensor]) -> int:
@@ -169,29 +146,30 @@ def train(
     record_steps = sorted(set(range(0, steps + 1, record_every)) | {steps})
     recorded = set(record_steps)
     kept: dict[str, list] = {"loss": []}
-    for step in progress(range(steps + 1), desc=desc, total=steps + 1):
-        batch = data if data is not None else sampler(generator, step)
-        grads, loss = step_fn(params, *batch)
-        _check_finite(loss, step, max_loss)
-        if step in recorded:
-            kept["loss"].append(loss.detach().cpu().numpy())
-            if record is not None:
-                for name, value in record(params).items():
-                    kept.setdefault(name, []).append(value.detach().cpu().numpy())
-        if step == steps:
-            break
-        with torch.no_grad():
-            for name, g in grads.items():
-                rate = rates[name]
-                if optimizer == "adam":
-                    m, v = state[name]
-                    m.mul_(betas[0]).add_(g, alpha=1 - betas[0])
-                    v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-                    m_hat = m / (1 - betas[0] ** (step + 1))
-                    v_hat = v / (1 - betas[1] ** (step + 1))
-                    params[name] = params[name] - rate * m_hat / (v_hat.sqrt() + eps)
-                else:
-                    params[name] = params[name] - rate * g
+    with small_problem(sum(p.numel() for p in params.values()), first.device):
+        for step in progress(range(steps + 1), desc=desc, total=steps + 1):
+            batch = data if data is not None else sampler(generator, step)
+            grads, loss = step_fn(params, *batch)
+            _check_finite(loss, step, max_loss)
+            if step in recorded:
+                kept["loss"].append(loss.detach().cpu().numpy())
+                if record is not None:
+                    for name, value in record(params).items():
+                        kept.setdefault(name, []).append(value.detach().cpu().numpy())
+            if step == steps:
+                break
+            with torch.no_grad():
+                for name, g in grads.items():
+                    rate = rates[name]
+                    if optimizer == "adam":
+                        m, v = state[name]
+                        m.mul_(betas[0]).add_(g, alpha=1 - betas[0])
+                        v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
+                        m_hat = m / (1 - betas[0] ** (step + 1))
+                        v_hat = v / (1 - betas[1] ** (step + 1))
+                        params[name] = params[name] - rate * m_hat / (v_hat.sqrt() + eps)
+                    else:
+                        params[name] = params[name] - rate * g
     records = {k: np.stack(v) for k, v in kept.items()}
     return TrainResult(params=params, steps=np.array(record_steps), records=records)
 
