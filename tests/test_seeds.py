@@ -7,17 +7,9 @@ import pytest
 
 from conftest import NOTEBOOKS, ROOT
 
-# Claims that still fail at some seeds (issue "Claims that hold at any seed"): listed, not hidden.
-SEED_FRAGILE = {
-    "spring_block": "the smoke DNN's four corner cells: Spearman, Fisher z and the accuracy gain fail at seeds 5 and 8",
-}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", [nb.stem for nb in NOTEBOOKS])
-def test_every_claim_holds_at_seeds_0_to_9(chapter, request):
-    if chapter in SEED_FRAGILE:
-        request.applymarker(pytest.mark.xfail(reason=SEED_FRAGILE[chapter], strict=False))
+def test_every_claim_holds_at_seeds_0_to_9(chapter):
     result = subprocess.run([sys.executable, "-m", "learning_dynamics.seeds", chapter, "--preset", "smoke", "--seeds", "0-9"],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
