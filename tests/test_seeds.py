@@ -7,6 +7,7 @@ import pytest
 
 from conftest import NOTEBOOKS, ROOT
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", [nb.stem for nb in NOTEBOOKS])
 def test_every_claim_holds_at_seeds_0_to_9(chapter):
