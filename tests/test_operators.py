@@ -206,6 +206,10 @@ def test_operator_ranks_and_histories_run_on_a_short_training():
     ranks = O.rank_history(step, run.records, x, every=2, n_probes=4)
     assert ranks["K"].shape == (2, 2) and ranks["spectra"]["P"].shape == (2, 2, 7)
     assert np.all(ranks["K"] >= 1) and np.all(ranks["PKP"] <= 7)
+    spectra = O.final_spectra(step, run.records, x, 5, index=0, seed=1)
+    ops = O.KPFlow(step, x, O.checkpoint(run.records, 0, 1, dtype=torch.float32))
+    s = O.leading_spectrum(ops.P, ops.shape, 5, adjoint=ops.P_adj, n_iter=2, seed=1, dtype=torch.float32)
+    assert spectra["K"].shape == (2, 5) and np.allclose(spectra["P"][1], (s / s[0]).numpy())
 
 
 def test_bad_inputs_raise_clear_errors():

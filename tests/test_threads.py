@@ -33,3 +33,14 @@ def test_torch_imported_first_falls_back_to_one_thread_with_a_warning():
                             capture_output=True, text=True, timeout=120,
                             env={k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"})
     assert result.stdout.split() == ["single", "thread", "1"]
+
+
+def test_small_problems_run_on_one_thread_and_restore_the_count():
+    result = python("import learning_dynamics, torch\n"
+                    "from learning_dynamics.threads import small_problem, SINGLE_THREAD_BELOW\n"
+                    "torch.set_num_threads(2)\n"
+                    "with small_problem(SINGLE_THREAD_BELOW - 1): inside = torch.get_num_threads()\n"
+                    "with small_problem(SINGLE_THREAD_BELOW): large = torch.get_num_threads()\n"
+                    "print(inside, large, torch.get_num_threads())")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "2", "2"]
