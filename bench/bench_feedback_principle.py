@@ -5,7 +5,7 @@ linear network trained by ONE batched ``train`` run
 (``linear.lambda_grid_runs``, closed-form gradients), against
 ``train.train_loop``, the same full-batch GD with plain autograd one network
 at a time. A second row takes the closed form out: the same batched run with
-autograd gradients (``batched_loss=True``), so the gain of batching alone is
+autograd gradients (``gradients="stacked"``), so the gain of batching alone is
 on record. The loop trains an evenly spaced subset of the cells and is scaled
 to the whole grid; its final weights are checked against the batched run's,
 so both sides do the same work.

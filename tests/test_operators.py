@@ -178,7 +178,7 @@ def test_spectra_effective_rank_and_participation_ratio():
 
 @pytest.mark.parametrize("kind", ["rnn", "gru"])
 def test_stacked_loss_and_rollout_match_the_vmapped_ones(kind):
-    """The chapter trains with the stacked loss (batched_loss=True); it must equal vmap over networks."""
+    """The chapter trains with the stacked loss (gradients="stacked"); it must equal vmap over networks."""
     step = O.make_step(kind, 3, 6)
     params = O.init_params(step, 2, n_networks=3, g=[0.5, 1.0, 5.0], seed=2)
     gen = torch.Generator().manual_seed(4)
@@ -324,7 +324,7 @@ for kind in ("gru", "rnn"):
 from learning_dynamics.train import train
 stacked = O.init_params(step, 3, n_networks=2, g=[0.5, 2.0], dtype=torch.float32)
 sampler = R.sampler(lambda n, gen: R.memory_pro(n, 2, 1, 2, generator=gen, dtype=torch.float32), 2, 4)
-train(O.mse_loss(step), stacked, steps=2, lr=1e-2, optimizer="adam", sampler=sampler, batched_loss=True,
+train(O.mse_loss(step), stacked, steps=2, lr=1e-2, optimizer="adam", sampler=sampler,
       record=O.recorder(step, x.float(), y.float()))
 print("torch._dynamo" in sys.modules)
 """

@@ -198,7 +198,7 @@ def test_bad_input_names_the_parameter(call, name):
 
 
 def test_stacked_losses_match_vmap_of_one_network():
-    """gd_runs and tanh_runs train with batched_loss=True: the stacked losses equal vmap over one network."""
+    """gd_runs and tanh_runs train with gradients="stacked": the stacked losses equal vmap over one network."""
     from torch.func import vmap
 
     gen = torch.Generator().manual_seed(0)

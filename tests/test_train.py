@@ -60,6 +60,7 @@ def test_divergence_raises_instead_of_nan():
     (dict(lr=torch.ones(4)), r"lr must be a scalar or have shape \(5,\)"),
     (dict(steps=0), "steps must be"),
     (dict(optimizer="sgdm"), "optimizer must be one of"),
+    (dict(gradients="auto"), "gradients must be one of 'stacked', 'vmap' or a callable"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, match):
     params, data = small_grid()
@@ -74,7 +75,7 @@ def test_mismatched_network_dimension_is_rejected():
 
 
 def test_linear_losses_work_for_one_network_and_for_stacked_networks():
-    """The feedback-principle losses train with batched_loss=True; it must match the vmap path."""
+    """The feedback-principle losses train with gradients="stacked"; it must match the vmap path."""
     gen = torch.Generator().manual_seed(3)
     rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
     cases = [
@@ -84,8 +85,8 @@ def test_linear_losses_work_for_one_network_and_for_stacked_networks():
         (linear.width_toy_loss, {"a": rand(4, 5), "b": rand(4, 5)}, (rand(4),)),
     ]
     for loss, params, data in cases:
-        stacked = train(loss, params, data=data, steps=30, lr=0.01, batched_loss=True)
-        vmapped = train(loss, params, data=data, steps=30, lr=0.01)
+        stacked = train(loss, params, data=data, steps=30, lr=0.01, gradients="stacked")
+        vmapped = train(loss, params, data=data, steps=30, lr=0.01, gradients="vmap")
         for name in params:
             torch.testing.assert_close(stacked.params[name], vmapped.params[name], rtol=1e-12, atol=1e-14)
 
@@ -109,20 +110,36 @@ def test_closed_form_gradients_match_autograd():
         assert list(closed) == list(params)
         for (name, grad), reference in zip(closed.items(), expected):
             torch.testing.assert_close(grad, reference, rtol=1e-12, atol=1e-14, msg=f"{grad_and_value.__name__}[{name}]")
-        fast = train(loss, params, data=data, steps=30, lr=0.01, batched_loss=True, grad_and_value=grad_and_value)
-        slow = train(loss, params, data=data, steps=30, lr=0.01, batched_loss=True)
+        fast = train(loss, params, data=data, steps=30, lr=0.01, gradients=grad_and_value)
+        slow = train(loss, params, data=data, steps=30, lr=0.01)
         for name in params:
             torch.testing.assert_close(fast.params[name], slow.params[name], rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(torch.as_tensor(fast.records["loss"]), torch.as_tensor(slow.records["loss"]), rtol=1e-12, atol=1e-14)
 
 
-def test_closed_form_gradients_need_the_stacked_loss_every_parameter_and_one_loss_per_network():
+def test_closed_form_gradients_need_every_parameter_and_one_loss_per_network():
     params, data = small_grid()
-    with pytest.raises(ValueError, match="grad_and_value= needs batched_loss=True"):
-        train(linear.matrix_loss, params, data=data, steps=2, lr=0.1, grad_and_value=linear.matrix_grad_and_value)
     with pytest.raises(ValueError, match="one gradient per parameter"):
-        train(linear.matrix_loss, params, data=data, steps=2, lr=0.1, batched_loss=True,
-              grad_and_value=lambda p, x, y: ({"w1": torch.zeros_like(p["w1"])}, linear.matrix_loss(p, x, y)))
+        train(linear.matrix_loss, params, data=data, steps=2, lr=0.1,
+              gradients=lambda p, x, y: ({"w1": torch.zeros_like(p["w1"])}, linear.matrix_loss(p, x, y)))
     with pytest.raises(ValueError, match="one loss per network"):
-        train(linear.matrix_loss, params, data=data, steps=2, lr=0.1, batched_loss=True,
-              grad_and_value=lambda p, x, y: (linear.matrix_grad_and_value(p, x, y)[0], torch.zeros(())))
+        train(linear.matrix_loss, params, data=data, steps=2, lr=0.1,
+              gradients=lambda p, x, y: (linear.matrix_grad_and_value(p, x, y)[0], torch.zeros(())))
+
+
+def test_a_one_network_loss_with_stacked_gradients_says_to_use_vmap():
+    params, data = small_grid()
+    with pytest.raises(ValueError, match="gradients='vmap'"):
+        train(lambda p, x, y: linear.matrix_loss(p, x, y).sum(), params, data=data, steps=2, lr=0.1)
+
+
+def test_optimizers_are_objects_and_their_names_mean_their_defaults():
+    from learning_dynamics.train import GD, Adam
+
+    sampler = tasks.skill_sampler(tasks.skill_frequencies(3, 0.5), 1.0, 2, 16)
+    ones = torch.ones(2, 3, dtype=torch.float64)
+    run = lambda opt: train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, sampler=sampler,  # noqa: E731
+                            steps=20, lr=0.05, optimizer=opt).params["a"]
+    torch.testing.assert_close(run("adam"), run(Adam()), rtol=0, atol=0)
+    torch.testing.assert_close(run("gd"), run(GD()), rtol=0, atol=0)
+    assert not torch.equal(run(Adam(betas=(0.5, 0.9))), run("adam"))

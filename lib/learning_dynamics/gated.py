@@ -491,7 +491,7 @@ def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, 
     device = next(iter(params.values())).device
     groups, batch = correlation_batch(net, data, None if isinstance(data, list) else n, device=device)
     return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,
-                 record_every=record_every, seed=seed, desc=desc, batched_loss=True)
+                 record_every=record_every, seed=seed, desc=desc)
 
 
 # ---------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def whiten(x):
 # returns one loss per network. Beside each, ``*_grad_and_value`` gives its
 # gradient in closed form with the loss (the counterpart of
 # ``torch.func.grad_and_value``), checked against autograd in the tests. The
-# runs below train with it (``batched_loss=True, grad_and_value=...``): for
+# runs below train with it (``gradients=...``): for
 # these tiny models a step is a handful of small products, several times
 # cheaper than an autograd graph.
 
@@ -285,13 +285,13 @@ def skill_runs(sampler, n_skills, *, init, lr, steps, n_seeds, seed, record_ever
     ones = torch.ones(shape, dtype=torch.float64, device=device)
     layerwise = train(
         diagonal_loss, {"a": init * ones, "b": init * ones}, sampler=sampler, steps=steps, lr=lr, seed=seed,
-        record=lambda p: {"coef": p["a"] * p["b"]}, record_every=record_every, desc="layerwise model", batched_loss=True,
-        grad_and_value=diagonal_grad_and_value,
+        record=lambda p: {"coef": p["a"] * p["b"]}, record_every=record_every, desc="layerwise model",
+        gradients=diagonal_grad_and_value,
     )
     linear = train(
         linear_loss, {"theta": 0 * ones}, sampler=sampler, steps=steps, lr=lr, seed=seed + 1,
-        record=lambda p: {"coef": p["theta"]}, record_every=record_every, desc="linear model", batched_loss=True,
-        grad_and_value=linear_grad_and_value,
+        record=lambda p: {"coef": p["theta"]}, record_every=record_every, desc="linear model",
+        gradients=linear_grad_and_value,
     )
     return layerwise.steps * lr, layerwise.records["coef"], linear.records["coef"]
 
@@ -360,8 +360,8 @@ def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, clos
         "w2w2t": p["w2"] @ p["w2"].transpose(-1, -2),
     }
     result = train(matrix_loss, {"w1": w1, "w2": w2}, data=(xt, yt), steps=steps, lr=lr, seed=seed,
-                   record=grams, record_every=steps, desc="lambda x scale grid", batched_loss=True,
-                   grad_and_value=matrix_grad_and_value if closed_form else None)
+                   record=grams, record_every=steps, desc="lambda x scale grid",
+                   gradients=matrix_grad_and_value if closed_form else "stacked")
     rec = result.records
     return {"w1tw1": rec["w1tw1"], "w2w2t": rec["w2w2t"], "loss": rec["loss"], "conserved": (
         conserved_matrix(result.params["w1"], result.params["w2"]) - lams[:, None, None] * torch.eye(d)).numpy()}
@@ -387,8 +387,8 @@ def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_e
     b = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)
     result = train(
         width_toy_loss, {"a": a, "b": b}, data=(torch.full((a.shape[0],), float(target), dtype=torch.float64),),
-        steps=steps, lr=lr * width, seed=seed, record_every=record_every, desc="width-Z toy", batched_loss=True,
-        grad_and_value=width_toy_grad_and_value,
+        steps=steps, lr=lr * width, seed=seed, record_every=record_every, desc="width-Z toy",
+        gradients=width_toy_grad_and_value,
         record=lambda p: {"product": (p["a"] * p["b"]).mean(-1), "sigma": ((p["a"] ** 2 + p["b"] ** 2) / 2).mean(-1)},
     )
     final = result.params

@@ -186,7 +186,7 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
         return x, y, alpha, masks
 
     result = train(loss, params, steps=steps, lr=rates, sampler=sampler, optimizer="adam", seed=noise_seed,
-                   desc="phase-diagram grid", batched_loss=True)
+                   desc="phase-diagram grid")
     log_d, accuracy = measure(result.params, alpha, data)
     return GridResult(alphas=alphas, noises=noises, noise_kind=noise_kind, log_d=log_d.reshape(shape + (-1,)),
                       accuracy=accuracy.reshape(shape), train_loss=result.records["loss"][-1].reshape(shape))

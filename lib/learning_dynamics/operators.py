@@ -234,7 +234,7 @@ def mse_loss(step: nn.Module) -> Callable:
     """``loss(params, inputs, targets)``: mean squared error of the readout over all entries.
 
     For one network, a scalar; for stacked networks (inputs (N, B, T, n_in)),
-    one loss per network, for ``train(..., batched_loss=True)``.
+    one loss per network, for ``train(..., gradients="stacked")``.
     """
 
     def loss(params, inputs, targets):

@@ -599,7 +599,7 @@ def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1
                 "angle": angle(u, w), "ntk": gamma**2 * (eta_w * uu + eta_u * ww)}
 
     result = train(network_loss, params, data=(gamma * (eta_u * eta_w).sqrt(), c), steps=steps, lr=lr,
-                   record=record, record_every=record_every, desc=desc, batched_loss=True)
+                   record=record, record_every=record_every, desc=desc)
     out = {name: values.T for name, values in result.records.items()}
     out["t"] = result.steps * lr
     out["u"] = (result.params["U"] * root_u).cpu().numpy()
@@ -705,7 +705,7 @@ def tanh_runs(x, y, width, *, lr, steps, record_every=1, seed=0, device="cpu"):
 
     result = train(tanh_loss, params, data=(x.expand(n, *x.shape), y.expand(n, *y.shape), gamma.to(device)),
                    steps=steps, lr=lr * lr_scale.to(device), record=record, record_every=record_every,
-                   desc="tanh net on digits", batched_loss=True)
+                   desc="tanh net on digits")
     out = {name: values.T for name, values in result.records.items()}
     out["t"] = result.steps * lr
     return out

@@ -2,21 +2,26 @@
 
 Parameters are stacked: every tensor in ``params`` has the network index as
 its leading dimension, so a grid of 1,600 networks costs one Python loop over
-steps, not over networks. The gradients come one of three ways:
+steps, not over networks. ``gradients=`` says where the per-network gradients
+come from (after neural-tangents' ``implementation=`` argument):
 
-- the loss is written for ONE network and vectorised with
-  ``torch.func.vmap(torch.func.grad_and_value(...))`` (the default);
-- the loss takes the stacked parameters and returns one loss per network
-  (``batched_loss=True``): one backward pass of the summed loss;
-- the loss also has its gradient in closed form (``grad_and_value=``), for
-  tiny models where a step is a handful of products and autograd's overhead
-  would dominate.
+- ``"stacked"`` (the default): the loss takes the stacked parameters and
+  returns one loss per network; one backward pass of their sum gives every
+  network's gradient, exactly, because the networks do not interact;
+- ``"vmap"``: the loss is written for ONE network and vectorised with
+  ``torch.func.vmap(torch.func.grad_and_value(...))``;
+- a callable ``grad_and_value(params, *batch) -> (grads, losses)``: closed-form
+  gradients of the stacked parameters, for tiny models where a step is a
+  handful of products and autograd's overhead would dominate.
 
-Data is either fixed (full-batch GD, ``data=``) or drawn afresh at every
-step (online SGD, ``sampler=``); either way it carries the network
-dimension in front. The learning rate may be a scalar or one value per
-network. A step whose loss is not finite, or exceeds ``max_loss``, raises
-:class:`TrainingDiverged`: the trainer never returns NaN curves.
+Optimisers are small objects with ``init(params)`` and
+``update(params, grads, state, rates, step)``: :class:`GD` and :class:`Adam`
+(``optimizer="gd"`` and ``"adam"`` name their defaults). Data is either fixed
+(full-batch, ``data=``) or drawn afresh at every step (``sampler=``); either
+way it carries the network dimension in front. The learning rate may be a
+scalar or one value per network. A step whose loss is not finite, or exceeds
+:data:`MAX_LOSS`, raises :class:`TrainingDiverged`: the trainer never returns
+NaN curves.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from tqdm import tqdm
 from .threads import small_problem
 from .validation import check_choice, check_int, check_positive
 
-OPTIMIZERS = ("gd", "adam")
+GRADIENTS = ("stacked", "vmap")
+MAX_LOSS = 1e12  # a loss above this counts as diverged
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,6 +88,42 @@ def n_networks(params: dict[str, torch.Tensor]) -> int:
     return next(iter(sizes.values()))
 
 
+@dataclass(frozen=True)
+class GD:
+    """Plain gradient descent: theta <- theta - lr * grad."""
+
+    def init(self, params: dict[str, torch.Tensor]) -> dict:
+        return {}
+
+    def update(self, params, grads, state, rates, step: int) -> dict[str, torch.Tensor]:
+        return {name: params[name] - rates[name] * g for name, g in grads.items()}
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam (Kingma & Ba 2015) with bias correction, one state per stacked network."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def init(self, params: dict[str, torch.Tensor]) -> dict:
+        return {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
+
+    def update(self, params, grads, state, rates, step: int) -> dict[str, torch.Tensor]:
+        (b1, b2), new = self.betas, {}
+        for name, g in grads.items():
+            m, v = state[name]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            m_hat = m / (1 - b1 ** (step + 1))
+            v_hat = v / (1 - b2 ** (step + 1))
+            new[name] = params[name] - rates[name] * m_hat / (v_hat.sqrt() + self.eps)
+        return new
+
+
+OPTIMIZERS = {"gd": GD, "adam": Adam}
+
+
 def train(
     loss_fn: Callable,
     params: dict[str, torch.Tensor],
@@ -90,57 +132,52 @@ def train(
     lr,
     data: tuple | None = None,
     sampler: Callable | None = None,
-    optimizer: str = "gd",
+    optimizer="gd",
+    gradients="stacked",
     record: Callable | None = None,
     record_every: int = 1,
     seed: int = 0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    max_loss: float = 1e12,
     desc: str = "training",
-    batched_loss: bool = False,
-    grad_and_value: Callable | None = None,
 ) -> TrainResult:
     """Train every stacked network for ``steps`` steps and return a :class:`TrainResult`.
 
-    ``loss_fn(params, *batch)`` is written for ONE network. ``data`` is a tuple
-    of tensors with the network dimension in front (use ``expand`` to share),
-    or ``sampler(generator, step)`` returns such a tuple per step.
-    ``record(params)`` returns a dict of stacked tensors to keep at steps
-    0, record_every, ... and at the final step.
-
-    With ``batched_loss=True`` the loss already handles the leading network
-    dimension (it returns one loss per network); the gradients then come from
-    one backward pass of the summed loss, exact because the networks do not
-    interact, and cheaper than vmap for losses made of many small operations.
-
-    ``grad_and_value(params, *batch)``, when given, returns the per-network
-    gradients in closed form (a dict like ``params``) and the losses, and
-    replaces autograd; ``loss_fn`` is then the definition it must agree with
-    (the tests check each pair). It needs ``batched_loss=True``: both work on
-    the stacked parameters.
+    Args:
+        loss_fn: ``loss_fn(params, *batch)``; with ``gradients="stacked"`` it
+            takes the stacked parameters and returns one loss per network,
+            with ``"vmap"`` it is written for one network.
+        params: stacked tensors, network index first.
+        steps: optimiser steps.
+        lr: a scalar or one learning rate per network.
+        data: a tuple of tensors with the network dimension in front (use
+            ``expand`` to share), for full-batch training; or
+        sampler: ``sampler(generator, step)`` returning such a tuple per step.
+        optimizer: ``"gd"``, ``"adam"``, or an object with ``init`` and
+            ``update`` (:class:`GD`, :class:`Adam`).
+        gradients: ``"stacked"``, ``"vmap"``, or a closed-form
+            ``grad_and_value(params, *batch) -> (grads, losses)`` on the stacked
+            parameters; ``loss_fn`` is then the definition it must agree with
+            (the tests check each pair).
+        record: ``record(params)`` returns a dict of stacked tensors to keep at
+            steps 0, record_every, ... and at the final step.
+        record_every: recording interval in steps.
+        seed: seed of the sampler's generator.
+        desc: label of the progress bar.
     """
     steps = check_int("steps", steps, low=1)
     record_every = check_int("record_every", record_every, low=1)
     seed = check_int("seed", seed, low=0)
-    check_choice("optimizer", optimizer, OPTIMIZERS)
+    if isinstance(optimizer, str):
+        check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
+        optimizer = OPTIMIZERS[optimizer]()
     if (data is None) == (sampler is None):
         raise ValueError("give exactly one of data= (full batch) or sampler= (fresh batch per step)")
     n = n_networks(params)
     first = next(iter(params.values()))
     lr = _learning_rates(lr, n, first)
-
     params = {k: v.detach().clone() for k, v in params.items()}
-    if grad_and_value is not None and not batched_loss:
-        raise ValueError("grad_and_value= needs batched_loss=True: the closed-form gradients work on stacked parameters")
-    if grad_and_value is not None:
-        step_fn = _closed_form(grad_and_value, params)
-    elif batched_loss:
-        step_fn = _summed_backward(loss_fn)
-    else:
-        step_fn = vmap(torch.func.grad_and_value(loss_fn))
+    step_fn = _gradient_path(gradients, loss_fn, params)
     generator = torch.Generator(device=first.device).manual_seed(seed)
-    state = {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()} if optimizer == "adam" else {}
+    state = optimizer.init(params)
 
     rates = {name: lr.reshape((n,) + (1,) * (p.ndim - 1)) for name, p in params.items()}
     record_steps = sorted(set(range(0, steps + 1, record_every)) | {steps})
@@ -150,7 +187,7 @@ def train(
         for step in progress(range(steps + 1), desc=desc, total=steps + 1):
             batch = data if data is not None else sampler(generator, step)
             grads, loss = step_fn(params, *batch)
-            _check_finite(loss, step, max_loss)
+            _check_finite(loss, step, MAX_LOSS)
             if step in recorded:
                 kept["loss"].append(loss.detach().cpu().numpy())
                 if record is not None:
@@ -159,19 +196,21 @@ def train(
             if step == steps:
                 break
             with torch.no_grad():
-                for name, g in grads.items():
-                    rate = rates[name]
-                    if optimizer == "adam":
-                        m, v = state[name]
-                        m.mul_(betas[0]).add_(g, alpha=1 - betas[0])
-                        v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-                        m_hat = m / (1 - betas[0] ** (step + 1))
-                        v_hat = v / (1 - betas[1] ** (step + 1))
-                        params[name] = params[name] - rate * m_hat / (v_hat.sqrt() + eps)
-                    else:
-                        params[name] = params[name] - rate * g
+                params = optimizer.update(params, grads, state, rates, step)
     records = {k: np.stack(v) for k, v in kept.items()}
     return TrainResult(params=params, steps=np.array(record_steps), records=records)
+
+
+def _gradient_path(gradients, loss_fn: Callable, like: dict[str, torch.Tensor]) -> Callable:
+    """``step(params, *batch) -> (grads, losses)`` for the ``gradients=`` choice."""
+    if callable(gradients):
+        return _closed_form(gradients, like)
+    if gradients not in GRADIENTS:
+        raise ValueError(f"gradients must be one of {', '.join(map(repr, GRADIENTS))} or a callable "
+                         f"grad_and_value(params, *batch); got {gradients!r}")
+    if gradients == "stacked":
+        return _summed_backward(loss_fn)
+    return vmap(torch.func.grad_and_value(loss_fn))
 
 
 def _summed_backward(loss_fn: Callable) -> Callable:
@@ -181,7 +220,8 @@ def _summed_backward(loss_fn: Callable) -> Callable:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         loss = loss_fn(leaves, *batch)
         if loss.ndim != 1:
-            raise ValueError(f"with batched_loss=True the loss must return one value per network; got shape {tuple(loss.shape)}")
+            raise ValueError(f"with gradients='stacked' the loss must return one value per network; got shape "
+                             f"{tuple(loss.shape)} (write it for one network and pass gradients='vmap')")
         grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         return dict(zip(leaves, grads)), loss.detach()
 
