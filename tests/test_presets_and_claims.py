@@ -32,6 +32,15 @@ def test_bad_parameters_name_the_parameter(kwargs, match):
         presets.resolve("feedback_principle", **kwargs)
 
 
+@pytest.mark.parametrize("chapter,overrides,match", [
+    ("neural_race", {"race_shown": 5}, r"race_shown must be one of race_contexts \(1, 2, 3, 4, 6, 8\); got 5"),
+    ("kpflow", {"tail_index": 21}, "tail_index must be at most spectrum_k = 20"),
+])
+def test_fields_that_depend_on_each_other_are_checked_together(chapter, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        presets.resolve(chapter, "book", overrides=overrides)
+
+
 def test_unknown_chapter():
     with pytest.raises(ValueError, match="chapter must be one of"):
         presets.resolve("nope")

@@ -786,6 +786,15 @@ def first_order_check(step: nn.Module, params: dict, inputs, targets, lr: float)
     return predicted, actual
 
 
+def first_order_errors(step: nn.Module, params: dict, inputs, targets, lrs) -> np.ndarray:
+    """Relative error ||actual - predicted|| / ||actual|| of :func:`first_order_check` at each step size in ``lrs``."""
+    errors = []
+    for lr in np.atleast_1d(np.asarray(lrs, dtype=np.float64)):
+        predicted, actual = first_order_check(step, params, inputs, targets, float(lr))
+        errors.append(float((predicted - actual).norm() / actual.norm()))
+    return np.array(errors)
+
+
 def rank_history(step: nn.Module, records: dict, inputs, *, every: int = 1, n_probes: int = 32, seed: int = 0,
                  keep: str = "time", threshold: float = 0.95, dtype=None, device: str = "cpu") -> dict:
     """:func:`operator_ranks` of every network at every ``every``-th record of a training run.

@@ -37,6 +37,11 @@ class NeuralRace(ChapterPreset):
     gen_trained: tuple = param((1, 2, 3, 4, 5, 6), help="values of K in the trained-pathway sweep")
     gen_seeds: int = param(2, low=1, help="random initialisations per init scale or K")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.race_shown not in self.race_contexts:
+            raise ValueError(f"race_shown must be one of race_contexts {self.race_contexts}; got {self.race_shown}")
+
 
 register(
     "neural_race",
