@@ -3,21 +3,20 @@
 import numpy as np
 import pytest
 import torch
-from scipy.integrate import solve_ivp
 
 from learning_dynamics import linear, tasks
+from learning_dynamics.ode import integrate as integrate_ode
 
 
 def integrate(rhs, y0, t):
-    sol = solve_ivp(rhs, (0, t[-1]), np.atleast_1d(y0), t_eval=t, rtol=1e-12, atol=1e-14, method="DOP853")
-    assert sol.success
-    return sol.y
+    """Rows: the state's components; columns: the times (from t = 0)."""
+    return integrate_ode(rhs, t, np.atleast_1d(y0), rtol=1e-12, atol=1e-14).T
 
 
 @pytest.mark.parametrize("target,u0,imbalance,rate", [(5, 0.01, 0, 0.3), (1, 0.3, 2, 1), (2, 3, 0.5, 0.7), (1, -0.5, 1, 1), (1, 0.5, -20, 1)])
 def test_mode_product_matches_integrated_product_ode(target, u0, imbalance, rate):
     t = np.linspace(0, 8, 60)
-    ode = integrate(lambda _, u: rate * np.sqrt(imbalance**2 + 4 * u**2) * (target - u), u0, t)[0]
+    ode = integrate(lambda u: rate * np.sqrt(imbalance**2 + 4 * u**2) * (target - u), u0, t)[0]
     np.testing.assert_allclose(linear.mode_product(t, target, u0, imbalance, rate), ode, rtol=1e-8, atol=1e-10)
 
 
@@ -25,7 +24,7 @@ def test_mode_product_matches_two_layer_flow():
     """Integrate the two layers themselves, not the reduced product equation."""
     a0, b0, target, p = 0.7, -0.2, 1.5, 0.8
     t = np.linspace(0, 10, 50)
-    z = integrate(lambda _, z: [-p * z[1] * (z[0] * z[1] - target), -p * z[0] * (z[0] * z[1] - target)], [a0, b0], t)
+    z = integrate(lambda z: [-p * z[1] * (z[0] * z[1] - target), -p * z[0] * (z[0] * z[1] - target)], [a0, b0], t)
     theory = linear.mode_product(t, target, a0 * b0, a0**2 - b0**2, p)
     np.testing.assert_allclose(theory, z[0] * z[1], rtol=1e-8, atol=1e-10)
 
@@ -53,7 +52,7 @@ def test_gamma_plus_is_fixed_point_of_the_width_toy_flow():
     a, b = rng.normal(0, 0.5, 50), rng.normal(0, 0.5, 50)
     sigma0, s0 = np.mean(a**2 + b**2) / 2, np.mean(a * b)
 
-    def rhs(_, z):
+    def rhs(z):
         a, b = z[:50], z[50:]
         err = np.mean(a * b) - 1.0
         return np.concatenate([-err * b, -err * a])
@@ -141,3 +140,16 @@ def test_every_neuron_of_the_width_toy_shares_one_growth_factor():
     # under discrete GD every (a_i + b_i) is multiplied by the same factor at each step: an identity, not a claim
     toy = linear.width_toy_runs(np.array([0.1, 3.0]), 50, 1.0, lr=1e-3, steps=2000, n_seeds=2, seed=0, record_every=500)
     assert np.max(toy["growth"].std(axis=1) / toy["growth"].mean(axis=1)) < 1e-8
+
+
+def test_layerwise_flow_integrates_the_two_layers_of_the_sigmoid_mode():
+    t = np.linspace(0, 6, 40)
+    a, b = linear.layerwise_flow(t, [0.05, 0.05], 0.05, 2.0, [0.5, 1.0])
+    np.testing.assert_allclose(a * b, linear.sigmoid_mode(t[:, None], 2.0, 0.05**2, np.array([0.5, 1.0])), rtol=1e-8)
+
+
+def test_integrate_rejects_times_that_go_backwards():
+    from learning_dynamics.ode import integrate
+
+    with pytest.raises(ValueError, match="t must be a non-empty, non-decreasing"):
+        integrate(lambda y: -y, [1.0, 0.0], [1.0])

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from . import linear
+from .ode import integrate
 from .threads import small_problem
 from .train import TrainResult, progress, train
 from .validation import check_array, check_int, check_positive
@@ -767,19 +768,6 @@ def _race_field(race: Race):
 def race_rhs(b, race: Race) -> np.ndarray:
     """db_e/dt = sum_{p through e} (prod_{e' in p, e' != e} b_e') (s_p - sum_q d_qp pi_q), batched over (..., E, r)."""
     return _race_field(race)(b)
-
-
-def integrate(rhs, t, y0, *, rtol: float = 1e-11, atol: float = 1e-14) -> np.ndarray:
-    """Solve dy/dt = rhs(y) (autonomous) from y(t[0]) = y0 with scipy's DOP853; y at the times t: shape (T,) + y0.shape."""
-    from scipy.integrate import solve_ivp
-
-    t = np.asarray(t, dtype=np.float64)
-    y0 = np.asarray(y0, dtype=np.float64)
-    sol = solve_ivp(lambda _, y: np.asarray(rhs(y.reshape(y0.shape))).ravel(), (t[0], t[-1]), y0.ravel(), t_eval=t,
-                    rtol=rtol, atol=atol, method="DOP853")
-    if not sol.success:
-        raise RuntimeError(f"ODE integration failed: {sol.message}")
-    return sol.y.T.reshape((len(t),) + y0.shape)
 
 
 def race_solve(t, b0, race: Race, *, rtol: float = 1e-11, atol: float = 1e-14) -> np.ndarray:

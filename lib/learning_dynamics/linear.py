@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .ode import integrate
 from .train import train
 from .validation import check_array, check_int, check_positive
 
@@ -84,6 +85,25 @@ def sigmoid_mode(t, target, u0, rate=1.0):
     """Balanced small start: u/s = 1 / (1 + (s/u0 - 1) exp(-2 s rate t)) (Saxe et al. 2014)."""
     t, target, u0, rate = (np.asarray(a, dtype=np.float64) for a in (t, target, u0, rate))
     return target / (1.0 + (target / u0 - 1.0) * np.exp(-2.0 * target * rate * t))
+
+
+def layerwise_flow(t, a0, b0, target, rate=1.0, *, rtol: float = 1e-12, atol: float = 1e-14):
+    """The two layers of u = a b under gradient flow, integrated numerically (:func:`learning_dynamics.ode.integrate`).
+
+    da/dt = -rate b (a b - s), db/dt = -rate a (a b - s), for a vector of
+    modes at once; the check of :func:`sigmoid_mode`, which solves the product
+    alone. Returns a(t), b(t) of shape (len(t), modes).
+    """
+    a0, b0, target, rate = (np.atleast_1d(x) for x in np.broadcast_arrays(*(np.asarray(x, dtype=np.float64)
+                                                                             for x in (a0, b0, target, rate))))
+
+    def rhs(z):
+        a, b = z
+        r = a * b - target
+        return np.stack([-rate * b * r, -rate * a * r])
+
+    z = integrate(rhs, t, np.stack([a0, b0]), rtol=rtol, atol=atol)
+    return z[:, 0], z[:, 1]
 
 
 def sigmoid_half_time(target, u0, rate=1.0):

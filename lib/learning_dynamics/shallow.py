@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 from .linear import conserved_matrix, growth_fixed_point, product_growth
+from .ode import integrate
 from .train import train
 from .validation import check_array, check_int, check_positive
 
@@ -244,16 +244,12 @@ def integrate_flow(t, u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, rtol=1e-12, ato
     gamma, c, eta_u, eta_w = (np.broadcast_to(x, u0.shape[:-1])[..., None] for x in _hyper(gamma, c, eta_u, eta_w))
     shape = u0.shape
 
-    def rhs(_, z):
+    def rhs(z):
         u, w = z[: z.size // 2].reshape(shape), z[z.size // 2:].reshape(shape)
         r = gamma * (c - gamma * (u * w).sum(-1, keepdims=True))
         return np.concatenate([(eta_u * r * w).ravel(), (eta_w * r * u).ravel()])
 
-    sol = solve_ivp(rhs, (t[0], t[-1]), np.concatenate([u0.ravel(), w0.ravel()]), t_eval=t,
-                    method="DOP853", rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"ODE integration failed: {sol.message}")
-    z = np.moveaxis(sol.y, -1, 0)  # (len(t), 2 * size)
+    z = integrate(rhs, t, np.concatenate([u0.ravel(), w0.ravel()]), rtol=rtol, atol=atol)  # (len(t), 2 * size)
     half = z.shape[1] // 2
     u = np.moveaxis(z[:, :half].reshape((len(t),) + shape), 0, -2)
     w = np.moveaxis(z[:, half:].reshape((len(t),) + shape), 0, -2)
