@@ -143,3 +143,13 @@ def test_optimizers_are_objects_and_their_names_mean_their_defaults():
     torch.testing.assert_close(run("adam"), run(Adam()), rtol=0, atol=0)
     torch.testing.assert_close(run("gd"), run(GD()), rtol=0, atol=0)
     assert not torch.equal(run(Adam(betas=(0.5, 0.9))), run("adam"))
+
+
+def test_check_generator_takes_a_seed_or_shares_a_generator():
+    from learning_dynamics.validation import check_generator
+
+    gen = torch.Generator().manual_seed(3)
+    assert check_generator(gen) is gen
+    assert torch.equal(torch.rand(3, generator=check_generator(3)), torch.rand(3, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="seed must be >= 0; got -1"):
+        check_generator(-1)

@@ -45,7 +45,7 @@ from . import linear
 from .ode import integrate
 from .threads import small_problem
 from .train import TrainResult, progress, train
-from .validation import check_array, check_int, check_positive
+from .validation import check_array, check_generator, check_int, check_positive
 
 # ---------------------------------------------------------------------------
 # The graph
@@ -507,7 +507,7 @@ def orthogonal_init(net: GDLN, scale: float | np.ndarray, n_networks: int, seed:
     (QR of a Gaussian with the sign of diag(R) fixed).
     """
     n_networks = check_int("n_networks", n_networks, low=1)
-    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    gen = check_generator(seed)
     scale = torch.as_tensor(check_array("scale", np.broadcast_to(scale, (n_networks,)), positive=True).copy())
     params = {}
     for e in net.edges:

@@ -23,7 +23,7 @@ import torch
 
 from .ode import integrate
 from .train import train
-from .validation import check_array, check_int, check_positive
+from .validation import check_array, check_generator, check_int, check_positive
 
 # ---------------------------------------------------------------------------
 # One mode: the exact solution of the two-layer product dynamics
@@ -346,7 +346,7 @@ def lambda_grid_init(x, y, lams, scales, *, seed, aligned=False):
     if torch.any(scales <= 0):
         raise ValueError("scales must be > 0")
     n, d = lams.numel(), x.shape[0]
-    gen = torch.Generator().manual_seed(seed)
+    gen = check_generator(seed)
     if aligned:
         u_t, _, vt_t = np.linalg.svd(y @ x.T / x.shape[1])
         u, vt = torch.as_tensor(u_t), torch.as_tensor(vt_t)
@@ -401,7 +401,7 @@ def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_e
     """
     sigma0s = check_array("sigma0s", sigma0s, ndim=1, positive=True)
     width = check_int("width", width, low=1)
-    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    gen = check_generator(seed)
     scale = torch.as_tensor(np.repeat(sigma0s, n_seeds)).sqrt()[:, None]
     a = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)
     b = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)

@@ -21,7 +21,7 @@ import torch
 from . import separation
 from .tasks import digits
 from .train import train
-from .validation import check_choice, check_float, check_int, check_positive
+from .validation import check_choice, check_float, check_generator, check_int, check_positive
 
 NOISE_KINDS = ("data", "dropout", "lr")
 BN_EPS = 1e-5
@@ -160,7 +160,7 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     n = grid_alpha.size
     device = x_train.device
     init_seed, noise_seed = (int(v) for v in np.random.SeedSequence(check_int("seed", seed, low=0)).generate_state(2))
-    generator = torch.Generator(device=device).manual_seed(init_seed)
+    generator = check_generator(init_seed, device)
     base = init_params(n_seeds, n_in=x_train.shape[1], width=width, depth=depth, n_out=digits.N_CLASSES,
                        generator=generator, dtype=dtype, device=device)
     index = torch.as_tensor(grid_seed, device=device)

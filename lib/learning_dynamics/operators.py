@@ -51,7 +51,7 @@ from torch.func import functional_call, jvp, vmap
 
 from .threads import small_problem
 from .train import progress
-from .validation import check_choice, check_device, check_float, check_int
+from .validation import check_choice, check_device, check_float, check_generator, check_int
 
 # ---------------------------------------------------------------------------
 # Recurrent steps F(h, x; theta)
@@ -154,7 +154,7 @@ def init_params(
     n_networks = check_int("n_networks", n_networks, low=1)
     n_out = check_int("n_out", n_out, low=1)
     check_device("device", device)
-    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    gen = check_generator(seed)
     hidden = step.n_hidden
     bound = 1.0 / math.sqrt(hidden)
     shapes = {name: tuple(p.shape) for name, p in step.named_parameters()}
@@ -507,7 +507,7 @@ def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
 def rademacher(n: int, shape, *, seed: int = 0, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
     """``n`` random +-1 probes of ``shape`` (drawn on the CPU from ``seed``, so every device sees the same)."""
     n = check_int("n", n, low=1)
-    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    gen = check_generator(seed)
     signs = torch.randint(0, 2, (n, *shape), generator=gen).to(dtype) * 2 - 1
     return signs.to(device)
 
@@ -586,7 +586,7 @@ def leading_spectrum(apply: Callable, shape, k: int, *, adjoint: Callable | None
     oversample = check_int("oversample", oversample, low=0)
     size = math.prod(shape)
     width = min(k + oversample, size)
-    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    gen = check_generator(seed)
     omega = torch.randn((width, *shape), generator=gen, dtype=dtype).to(device)
 
     def orth(y):

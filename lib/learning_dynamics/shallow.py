@@ -36,7 +36,7 @@ import torch
 from .linear import conserved_matrix, growth_fixed_point, product_growth
 from .ode import integrate
 from .train import train
-from .validation import check_array, check_int, check_positive
+from .validation import check_array, check_generator, check_int, check_positive
 
 OBSERVABLES = ("F", "loss", "norm_u", "norm_w", "cos", "angle", "ntk", "g")
 MECHANISMS = ("kernel", "alignment", "disalignment", "rescaling")
@@ -670,7 +670,7 @@ def tanh_inits(x, y, width, *, seed=0):
     width = check_int("width", width, low=1)
     x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
     n_in = x.shape[-1]
-    gen = torch.Generator().manual_seed(check_int("seed", seed, low=0))
+    gen = check_generator(seed)
     normal = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
     direction = torch.linalg.lstsq(x, y[:, None], driver="gelsd").solution[:, 0]
     direction = direction / direction.norm() * n_in**0.5

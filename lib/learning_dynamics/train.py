@@ -36,7 +36,7 @@ from torch.func import vmap
 from tqdm import tqdm
 
 from .threads import small_problem
-from .validation import check_choice, check_int, check_positive
+from .validation import check_choice, check_generator, check_int, check_positive
 
 GRADIENTS = ("stacked", "vmap")
 MAX_LOSS = 1e12  # a loss above this counts as diverged
@@ -176,7 +176,7 @@ def train(
     lr = _learning_rates(lr, n, first)
     params = {k: v.detach().clone() for k, v in params.items()}
     step_fn = _gradient_path(gradients, loss_fn, params)
-    generator = torch.Generator(device=first.device).manual_seed(seed)
+    generator = check_generator(seed, first.device)
     state = optimizer.init(params)
 
     rates = {name: lr.reshape((n,) + (1,) * (p.ndim - 1)) for name, p in params.items()}

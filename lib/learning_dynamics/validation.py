@@ -12,6 +12,20 @@ from collections.abc import Iterable
 import numpy as np
 
 
+def check_generator(seed, device="cpu"):
+    """The library's one way to turn a seed into randomness (after scikit-learn's ``check_random_state``).
+
+    ``seed`` is an int >= 0 (a new ``torch.Generator`` on ``device``, seeded
+    with it) or a ``torch.Generator``, returned as it is so that callers can
+    share one stream.
+    """
+    import torch
+
+    if isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator(device=device).manual_seed(check_int("seed", seed, low=0))
+
+
 def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
     """Return ``value`` as an int in ``[low, high]``; reject bools and floats."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ..validation import check_choice, check_float, check_int
+from ..validation import check_choice, check_float, check_generator, check_int
 
 PAPER_NOISE = 0.1 * math.sqrt(2.0)
 MEMORY_TASKS = ("MP", "MA", "DP", "DA")  # memory-pro, memory-anti, delay-pro, delay-anti
@@ -29,18 +29,12 @@ PRO_ANTI_PAIRS = ((0, 2), (1, 3))
 DELAY_MEMORY_PAIRS = ((0, 1), (2, 3))
 
 
-def _generator(seed_or_generator) -> torch.Generator:
-    if isinstance(seed_or_generator, torch.Generator):
-        return seed_or_generator
-    return torch.Generator().manual_seed(check_int("seed", seed_or_generator, low=0))
-
-
 def task_angles(n_trials: int, *, uniform: bool, generator=0, dtype=torch.float64) -> torch.Tensor:
     """``n_trials`` stimulus angles: evenly spaced on [0, 2 pi) or uniformly random."""
     n_trials = check_int("n_trials", n_trials, low=1)
     if uniform:
         return torch.arange(n_trials, dtype=dtype) * (2 * math.pi / n_trials)
-    gen = _generator(generator)
+    gen = check_generator(generator)
     return torch.rand(n_trials, generator=gen, dtype=torch.float64, device=gen.device).to(dtype) * 2 * math.pi
 
 
@@ -67,7 +61,7 @@ def memory_task(angles, t_stim: int, t_memory: int, t_response: int, *, anti: bo
     sign = -1.0 if anti else 1.0
     y = torch.cat([fixation[..., None], sign * (time >= respond).to(angles.dtype)[None, :, None] * cue[:, None, :]], -1)
     if noise > 0:
-        gen = _generator(generator)
+        gen = check_generator(generator)
         x = x + noise * torch.randn(x.shape, generator=gen, dtype=x.dtype, device=gen.device).to(x.device)
     return x, y
 
@@ -75,7 +69,7 @@ def memory_task(angles, t_stim: int, t_memory: int, t_response: int, *, anti: bo
 def memory_pro(n_trials: int, t_stim: int, t_memory: int, t_response: int, *, noise: float = PAPER_NOISE,
                uniform: bool = False, generator=0, dtype=torch.float64):
     """Memory-pro trials (the paper's Experiment 1): random angles (or evenly spaced with uniform=True)."""
-    gen = _generator(generator)
+    gen = check_generator(generator)
     angles = task_angles(n_trials, uniform=uniform, generator=gen, dtype=dtype)
     return memory_task(angles, t_stim, t_memory, t_response, noise=noise, generator=gen)
 
@@ -94,7 +88,7 @@ def memory_multitask(n_per_task: int, t_context: int, t_stim: int, t_memory: int
     tasks = tuple(tasks)
     for name in tasks:
         check_choice("tasks", name, MEMORY_TASKS)
-    gen = _generator(generator)
+    gen = check_generator(generator)
     angles = task_angles(n_per_task, uniform=uniform, generator=gen, dtype=dtype)
     xs, ys = [], []
     for k, name in enumerate(tasks):
@@ -118,7 +112,7 @@ def flip_flop(n_trials: int, steps: int, *, n_bits: int = 3, rate: float = 0.05,
     n_trials, steps = check_int("n_trials", n_trials, low=1), check_int("steps", steps, low=1)
     n_bits = check_int("n_bits", n_bits, low=1)
     rate = check_float("rate", rate, low=0.0, high=1.0)
-    gen = _generator(generator)
+    gen = check_generator(generator)
     shape = (n_trials, steps, n_bits)
     fire = torch.rand(shape, generator=gen, dtype=torch.float64, device=gen.device) < rate
     sign = torch.randint(0, 2, shape, generator=gen, device=gen.device) * 2 - 1
@@ -146,7 +140,7 @@ def sampler(make_batch, n_networks: int, n_trials: int, device: str = "cpu"):
 
     def sample(generator, step):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        parts = make_batch(n_networks * n_trials, torch.Generator().manual_seed(seed))
+        parts = make_batch(n_networks * n_trials, check_generator(seed))
         return tuple(p.reshape(n_trials, n_networks, *p.shape[1:]).transpose(0, 1).to(device) for p in parts)
 
     return sample
