@@ -133,7 +133,7 @@ def table_markdown(claims: list[Claim]) -> str:
 
 
 def table_text(claims: list[Claim]) -> str:
-    """Plain-text table with rounded numbers (what nbval compares)."""
+    """Plain-text table with rounded numbers, for terminals and tests (the notebooks show :func:`table_markdown`)."""
     rows = [(c.statement, c.paper, shown(c), c.tolerance, c.status) for c in claims]
     head = ("claim", "paper / theory", "ours", "tolerance", "status")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]

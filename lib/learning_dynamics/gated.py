@@ -436,16 +436,6 @@ def side_by_side(paths: tuple, params: dict) -> torch.Tensor:
     return plan.run(params)[slot]
 
 
-def pathway_products(net: GDLN, params: dict[str, torch.Tensor], node: str) -> torch.Tensor:
-    """[W_p1, W_p2, ...] side by side for the pathways into ``node`` (in ``net.pathways`` order), sharing common factors.
-
-    Shape (networks, width of node, sum of the pathways' input widths).
-    """
-    if node not in net.outputs:
-        raise ValueError(f"node must be an output node {list(net.outputs)}; got {node!r}")
-    return side_by_side(tuple(p for p in net.pathways if net.target(p) == node), params)
-
-
 def correlation_loss(net: GDLN, groups):
     """The same loss as :func:`loss_function`, written through the gated correlations only.
 

@@ -533,12 +533,6 @@ def partial_gram(outputs: torch.Tensor, keep: str = "hidden") -> torch.Tensor:
     return y.T @ y / outputs.shape[0]
 
 
-def gram_singular_values(gram: torch.Tensor) -> torch.Tensor:
-    """Singular values (descending) of the operator behind a PSD Gram: sqrt of its eigenvalues."""
-    evals = torch.linalg.eigvalsh(gram).flip(-1)
-    return evals.clamp_min(0).sqrt()
-
-
 def effective_rank(singular_values, threshold: float = 0.95) -> torch.Tensor:
     """The number of leading singular values that carry ``threshold`` of the squared spectrum.
 
