@@ -20,11 +20,13 @@ import os
 import sys
 import time
 
+import learning_dynamics  # noqa: F401  (first: it sets the CPU thread policy before torch loads)
 import numpy as np
 import torch
 from torch import nn
 
 from learning_dynamics import operators as O
+from learning_dynamics import spectra
 from learning_dynamics.tasks import recurrent as R
 
 SIZES = {  # (hidden, trials, time, probes)
@@ -78,7 +80,7 @@ def _setup(hidden, trials, steps, n_probes):
     cell.load_state_dict(theta)
     gru = nn.GRU(3, hidden, batch_first=True)
     gru.load_state_dict({k + "_l0": v for k, v in theta.items()})
-    probes = O.rademacher(n_probes, (trials, steps, hidden), seed=1, dtype=torch.float32)
+    probes = spectra.rademacher(n_probes, (trials, steps, hidden), seed=1, dtype=torch.float32)
     return step, params, x, cell, gru, probes
 
 
@@ -90,8 +92,8 @@ def _ranks_from_outputs(outputs):
     """The authors' effective-rank recipe on probe outputs: reduced Gram over time, 95% of sum(eig^2)."""
     out = {}
     for name, y in outputs.items():
-        evals = torch.linalg.eigvalsh(O.partial_gram(y, "time")).flip(-1).clamp_min(0)
-        out[name] = int(O.effective_rank(evals))
+        evals = torch.linalg.eigvalsh(spectra.partial_gram(y, "time")).flip(-1).clamp_min(0)
+        out[name] = int(spectra.effective_rank(evals))
     return out
 
 
@@ -136,7 +138,7 @@ def _rows_for(label, kp, hidden, trials, steps, n_probes) -> list[dict]:
 
         def ours_spectrum():
             ops = O.KPFlow(step, x, params)
-            return O.leading_spectrum(ops.PKP, ops.shape, SPECTRUM_K, n_iter=9, oversample=2, seed=0, dtype=torch.float32)
+            return spectra.leading_spectrum(ops.PKP, ops.shape, SPECTRUM_K, n_iter=9, oversample=2, seed=0, dtype=torch.float32)
 
         def theirs_spectrum():
             gop = kp["grad_op"].HiddenNTKOperator(_Hidden(gru), x, h)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import learning_dynamics  # noqa: F401  (first: it sets the CPU thread policy before torch loads)
 import numpy as np
 import torch
 

@@ -9,6 +9,7 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 from learning_dynamics import operators as O
+from learning_dynamics import spectra
 from learning_dynamics.tasks import recurrent as R
 
 KINDS = ("rnn", "gru", "leaky")
@@ -153,27 +154,27 @@ def test_gradient_and_alignment_match_autograd():
 
 
 def test_spectra_effective_rank_and_participation_ratio():
-    assert int(O.effective_rank(torch.tensor([1.0, 0.0, 0.0]))) == 1
-    assert int(O.effective_rank(torch.ones(20))) == 19  # 19 of 20 equal values carry 95%
+    assert int(spectra.effective_rank(torch.tensor([1.0, 0.0, 0.0]))) == 1
+    assert int(spectra.effective_rank(torch.ones(20))) == 19  # 19 of 20 equal values carry 95%
     s = torch.tensor([3.0, 2.0, 1.0])
-    assert int(O.effective_rank(s, 0.9)) == 2  # 9 + 4 = 13 of 14
-    assert float(O.participation_ratio(torch.ones(7))) == pytest.approx(7.0)
-    assert float(O.participation_ratio(torch.tensor([1.0, 0.0]))) == pytest.approx(1.0)
+    assert int(spectra.effective_rank(s, 0.9)) == 2  # 9 + 4 = 13 of 14
+    assert float(spectra.participation_ratio(torch.ones(7))) == pytest.approx(7.0)
+    assert float(spectra.participation_ratio(torch.tensor([1.0, 0.0]))) == pytest.approx(1.0)
     # randomised SVD of a matrix-free operator against a dense SVD
     step, params, x = toy("gru", hidden=5, steps=6)
     ops = O.KPFlow(step, x, params)
     exact = torch.linalg.svdvals(ops.dense("P"))[:5]
-    approx = O.leading_spectrum(ops.P, ops.shape, 5, adjoint=ops.P_adj, n_iter=6, oversample=20)
+    approx = spectra.leading_spectrum(ops.P, ops.shape, 5, adjoint=ops.P_adj, n_iter=6, oversample=20)
     assert torch.allclose(approx, exact, rtol=1e-6)
     exact_k = torch.linalg.eigvalsh(ops.dense("PKP")).flip(0)[:4]
-    assert torch.allclose(O.leading_spectrum(ops.PKP, ops.shape, 4, n_iter=4, oversample=6), exact_k, rtol=1e-6)
+    assert torch.allclose(spectra.leading_spectrum(ops.PKP, ops.shape, 4, n_iter=4, oversample=6), exact_k, rtol=1e-6)
     # the probe Gram: for the identity, its diagonal over the hidden index is exactly trials x time
-    probes = O.rademacher(3, ops.shape, seed=1)
-    gram = O.partial_gram(probes, "hidden")
+    probes = spectra.rademacher(3, ops.shape, seed=1)
+    gram = spectra.partial_gram(probes, "hidden")
     assert torch.allclose(torch.diagonal(gram), torch.full((5,), 12.0, dtype=torch.float64))
     # trajectories on a 2-d plane have effective rank 2 whatever the hidden size
     plane = torch.randn(3, 10, 2, dtype=torch.float64) @ torch.randn(2, 9, dtype=torch.float64)
-    assert int(O.effective_rank(O.trajectory_singular_values(plane), 0.999)) == 2
+    assert int(spectra.effective_rank(spectra.trajectory_singular_values(plane), 0.999)) == 2
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru"])
@@ -206,10 +207,10 @@ def test_operator_ranks_and_histories_run_on_a_short_training():
     ranks = O.rank_history(step, run.records, x, every=2, n_probes=4)
     assert ranks["K"].shape == (2, 2) and ranks["spectra"]["P"].shape == (2, 2, 7)
     assert np.all(ranks["K"] >= 1) and np.all(ranks["PKP"] <= 7)
-    spectra = O.final_spectra(step, run.records, x, 5, index=0, seed=1)
+    final = O.final_spectra(step, run.records, x, 5, index=0, seed=1)
     ops = O.KPFlow(step, x, O.checkpoint(run.records, 0, 1, dtype=torch.float32))
-    s = O.leading_spectrum(ops.P, ops.shape, 5, adjoint=ops.P_adj, n_iter=2, seed=1, dtype=torch.float32)
-    assert spectra["K"].shape == (2, 5) and np.allclose(spectra["P"][1], (s / s[0]).numpy())
+    s = spectra.leading_spectrum(ops.P, ops.shape, 5, adjoint=ops.P_adj, n_iter=2, seed=1, dtype=torch.float32)
+    assert final["K"].shape == (2, 5) and np.allclose(final["P"][1], (s / s[0]).numpy())
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -236,9 +237,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="g must be"):
         O.init_params(step, 2, g=-1.0)
     with pytest.raises(ValueError, match="threshold"):
-        O.effective_rank(torch.ones(3), 1.5)
+        spectra.effective_rank(torch.ones(3), 1.5)
     with pytest.raises(ValueError, match="keep must be one of"):
-        O.partial_gram(torch.zeros(2, 2, 5, 4), "batch")
+        spectra.partial_gram(torch.zeros(2, 2, 5, 4), "batch")
     with pytest.raises(ValueError, match="device"):
         O.KPFlow(step, x, params, device="tpu")
     with pytest.raises(ValueError, match="t_stim"):

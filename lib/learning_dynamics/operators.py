@@ -49,6 +49,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
+from .spectra import effective_rank, leading_spectrum, partial_gram, participation_ratio, rademacher, \
+    trajectory_singular_values
 from .threads import small_problem
 from .train import progress
 from .validation import check_choice, check_device, check_float, check_generator, check_int
@@ -317,8 +319,9 @@ class KPFlow:
             self.hidden = rollout(step, self.params, self.inputs, h0)
         self.h_prev = torch.cat([h0[:, None], self.hidden[:, :-1]], 1)
 
-    # -- plumbing ---------------------------------------------------------
-    def _check(self, z, name="z"):
+    # -- shape checks, the forced rollout and the step at every record ----
+    def check_trajectory(self, z, name="z"):
+        """``z`` as a trajectory-shaped tensor (trials, time, hidden), or a stack of them, on this model's device and dtype."""
         z = torch.as_tensor(z)
         if z.shape[-3:] != self.shape or z.ndim not in (3, 4):
             raise ValueError(f"{name} must have shape {self.shape} (trials, time, hidden) or (n, *that); got {tuple(z.shape)}")
@@ -326,21 +329,21 @@ class KPFlow:
 
     def _batched(self, fn, z, name="z"):
         """A forward (jvp) product on one tensor or, vmapped, on a stack."""
-        z = self._check(z, name)
+        z = self.check_trajectory(z, name)
         return fn(z) if z.ndim == 3 else vmap(fn)(z)
 
     def _pull(self, graph, z, name="z"):
         """An adjoint product: backpropagate z (one tensor or a stack) through a recorded (inputs, output) graph."""
-        z = self._check(z, name)
+        z = self.check_trajectory(z, name)
         inputs, output = graph
         return _grad(output, inputs, z, batched=z.ndim == 4, retain_graph=True)
 
-    def _forced(self, forcing, theta=None, h0=None, inputs=None):
+    def forced_rollout(self, forcing, theta=None, h0=None, inputs=None):
         """The forced rollout; theta, h0 and inputs default to the recorded ones."""
         return rollout(self.step, self.params if theta is None else theta, self.inputs if inputs is None else inputs,
                        self.h0 if h0 is None else h0, forcing)
 
-    def _step_all(self, theta, h_prev=None, inputs=None):
+    def step_at_records(self, theta, h_prev=None, inputs=None):
         """F evaluated at every (trial, time) with the recorded h_{t-1}: a (B, T, H) function of theta."""
         b, t, h = self.shape
         h_prev = self.h_prev if h_prev is None else h_prev
@@ -364,14 +367,14 @@ class KPFlow:
         """The forced rollout recorded at zero forcing, for P*."""
         with torch.enable_grad():
             forcing = self._zero.clone().requires_grad_(True)
-            return [forcing], self._forced(forcing)
+            return [forcing], self.forced_rollout(forcing)
 
     @cached_property
     def _step_graph(self):
         """The step at every (trial, time) recorded in theta, for J_theta^T."""
         with torch.enable_grad():
             theta = _leaves(self.params)
-            return list(theta.values()), self._step_all(theta)
+            return list(theta.values()), self.step_at_records(theta)
 
     @cached_property
     def _step_adjoint_graph(self):
@@ -399,7 +402,7 @@ class KPFlow:
         """(P z)_t = sum_{s<=t} Phi(t, s) z_s: the jvp of the forced rollout in its forcing."""
         primals = (self._zero, self.params, self.h0, self.inputs)
         d_theta, d_h0, d_inputs, _ = self._zero_tangents
-        return self._batched(lambda v: jvp(self._forced, primals, (v, d_theta, d_h0, d_inputs))[1], z)
+        return self._batched(lambda v: jvp(self.forced_rollout, primals, (v, d_theta, d_h0, d_inputs))[1], z)
 
     def P_adj(self, z):
         """(P* z)_s = sum_{t>=s} Phi(t, s)^T z_t: backpropagation through time (the backward pass of the forced rollout)."""
@@ -416,7 +419,7 @@ class KPFlow:
             if v.shape != self.params[k].shape:
                 raise ValueError(f"dtheta[{k!r}] must have shape {tuple(self.params[k].shape)}; got {tuple(v.shape)}")
         _, _, d_inputs, d_h_prev = self._zero_tangents
-        return jvp(self._step_all, (self.params, self.h_prev, self.inputs), (tangent, d_h_prev, d_inputs))[1]
+        return jvp(self.step_at_records, (self.params, self.h_prev, self.inputs), (tangent, d_h_prev, d_inputs))[1]
 
     def J_theta_adj(self, z):
         """(dF/dtheta)^T z summed over trials and time: a dict shaped like the parameters."""
@@ -428,7 +431,7 @@ class KPFlow:
         J_theta is applied as the transpose of the recorded J_theta^T (a backward
         pass through its backward pass), which is faster here than a fresh jvp.
         """
-        z = self._check(z)
+        z = self.check_trajectory(z)
         pulled = self._pull(self._step_graph, z)
         inputs, output = self._step_adjoint_graph
         return _grad(output, inputs, pulled, batched=z.ndim == 4, retain_graph=True)[0]
@@ -445,7 +448,7 @@ class KPFlow:
         one backward pass and one jvp of the rollout in theta, which is faster
         than P(K(P* z)) and equal to it (see the tests).
         """
-        z = self._check(z)
+        z = self.check_trajectory(z)
         pulled = self._as_params(self._pull(self._trajectory_graph, z))
         _, d_h0, d_inputs, _ = self._zero_tangents
         primals = (self.params, self.h0, self.inputs)
@@ -458,7 +461,7 @@ class KPFlow:
 
     def gradient(self, e) -> dict:
         """dL/dtheta = J_theta^T P* e for an error e = dL/dh of shape (B, T, H)."""
-        return self.J_theta_adj(self.P_adj(self._check(e, "e")))
+        return self.J_theta_adj(self.P_adj(self.check_trajectory(e, "e")))
 
     def operator(self, name: str) -> Callable:
         """The bound method for one of :data:`OPERATOR_NAMES` (``"K"``, ``"P"``, ``"PKP"``, ...)."""
@@ -489,124 +492,14 @@ def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
     if size > 4096:
         raise ValueError(f"dense_reference is for toy sizes: B*T*H must be <= 4096; got {size}")
     zero = torch.zeros(ops.shape, dtype=ops.hidden.dtype, device=ops.hidden.device)
-    prop = torch.autograd.functional.jacobian(ops._forced, zero, vectorize=True).reshape(size, size)
+    prop = torch.autograd.functional.jacobian(ops.forced_rollout, zero, vectorize=True).reshape(size, size)
     names = list(ops.params)
-    jac = torch.autograd.functional.jacobian(lambda *theta: ops._step_all(dict(zip(names, theta))),
+    jac = torch.autograd.functional.jacobian(lambda *theta: ops.step_at_records(dict(zip(names, theta))),
                                              tuple(ops.params.values()), vectorize=True)
     j_step = torch.cat([v.reshape(size, -1) for v in jac], 1)
     kernel = j_step @ j_step.T
     return {"P": prop, "P_adj": prop.T, "K": kernel, "K_adj": kernel.T, "PKP": prop @ kernel @ prop.T,
             "PP": prop @ prop.T}
-
-
-# ---------------------------------------------------------------------------
-# Spectra, effective rank, participation ratio
-# ---------------------------------------------------------------------------
-
-
-def rademacher(n: int, shape, *, seed: int = 0, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
-    """``n`` random +-1 probes of ``shape`` (drawn on the CPU from ``seed``, so every device sees the same)."""
-    n = check_int("n", n, low=1)
-    gen = check_generator(seed)
-    signs = torch.randint(0, 2, (n, *shape), generator=gen).to(dtype) * 2 - 1
-    return signs.to(device)
-
-
-KEEP = {"hidden": 2, "time": 1, "trial": 0}
-
-
-def partial_gram(outputs: torch.Tensor, keep: str = "hidden") -> torch.Tensor:
-    """The Gram of an operator A seen through one index, from A applied to random probes.
-
-    ``outputs`` is A S for n random +-1 probes S, shape (n, B, T, H). Since
-    E[S S^T] = I, the estimate C = (1/n) sum_probes sum_{other indices} y y^T
-    is unbiased for the partial trace of A A* over the other indices. ``keep``
-    is ``"hidden"`` (H x H: the directions in state space that A's outputs
-    occupy), ``"time"`` (T x T) or ``"trial"`` (B x B). Its eigenvalues are the
-    squared singular values of A seen through that index.
-    """
-    check_choice("keep", keep, tuple(KEEP))
-    if outputs.ndim != 4:
-        raise ValueError(f"outputs must have shape (n_probes, trials, time, hidden); got {tuple(outputs.shape)}")
-    axis = KEEP[keep] + 1
-    y = outputs.movedim(axis, -1).reshape(-1, outputs.shape[axis])
-    return y.T @ y / outputs.shape[0]
-
-
-def effective_rank(singular_values, threshold: float = 0.95) -> torch.Tensor:
-    """The number of leading singular values that carry ``threshold`` of the squared spectrum.
-
-    The paper's effective rank (threshold 0.95). Works over any leading
-    (batch) dimensions; values are sorted inside.
-    """
-    threshold = check_float("threshold", threshold, low=0.0, high=1.0, strict_low=True)
-    s = torch.as_tensor(singular_values)
-    if s.ndim < 1 or s.shape[-1] < 1:
-        raise ValueError(f"singular_values must have at least one entry; got shape {tuple(s.shape)}")
-    power = (s.abs() ** 2).sort(dim=-1, descending=True).values
-    share = power.cumsum(-1) / power.sum(-1, keepdim=True).clamp_min(torch.finfo(power.dtype).tiny)
-    return (share < threshold - 1e-12).sum(-1) + 1
-
-
-def participation_ratio(singular_values) -> torch.Tensor:
-    """(sum s^2)^2 / sum s^4: the participation ratio of the squared spectrum."""
-    s2 = torch.as_tensor(singular_values) ** 2
-    return s2.sum(-1) ** 2 / (s2**2).sum(-1).clamp_min(torch.finfo(s2.dtype).tiny)
-
-
-def trajectory_singular_values(hidden: torch.Tensor) -> torch.Tensor:
-    """Singular values of the mean-centred (B*T, H) matrix of hidden states (PCA), over leading dims."""
-    hidden = torch.as_tensor(hidden)
-    if hidden.ndim < 3:
-        raise ValueError(f"hidden must have shape (..., trials, time, hidden); got {tuple(hidden.shape)}")
-    flat = hidden.reshape(*hidden.shape[:-3], -1, hidden.shape[-1])
-    return torch.linalg.svdvals(flat - flat.mean(-2, keepdim=True))
-
-
-def leading_spectrum(apply: Callable, shape, k: int, *, adjoint: Callable | None = None, oversample: int = 10,
-                     n_iter: int = 3, seed: int = 0, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
-    """Top-``k`` singular values of a matrix-free operator by randomised SVD (Halko et al. 2011).
-
-    ``apply`` maps a stack (n, *shape) to (n, *shape). Give ``adjoint`` for a
-    general operator such as P: ``n_iter`` power iterations with A A*, then
-    the SVD of Q^T A. Omit it for a self-adjoint operator such as K or
-    P K P*: that gets a randomised block Krylov (block Lanczos) space of
-    ``n_iter + 1`` blocks and a Rayleigh-Ritz step, which converges much
-    faster for slowly decaying spectra (Musco & Musco 2015), and returns the
-    absolute eigenvalues.
-    """
-    k = check_int("k", k, low=1)
-    n_iter = check_int("n_iter", n_iter, low=0)
-    oversample = check_int("oversample", oversample, low=0)
-    size = math.prod(shape)
-    width = min(k + oversample, size)
-    gen = check_generator(seed)
-    omega = torch.randn((width, *shape), generator=gen, dtype=dtype).to(device)
-
-    def orth(y):
-        return torch.linalg.qr(y.reshape(width, size).T).Q.T.reshape(width, *shape)
-
-    if adjoint is None:
-        blocks, images = [], []
-        n_blocks = max(1, min(n_iter + 1, size // width))  # the Krylov space cannot outgrow the space itself
-        q = orth(omega)
-        for i in range(n_blocks):
-            blocks.append(q.reshape(width, size))
-            images.append(apply(q).reshape(width, size))
-            if i < n_blocks - 1:
-                basis = torch.cat(blocks)
-                y = images[-1]
-                for _ in range(2):  # full reorthogonalisation, twice for stability
-                    y = y - (y @ basis.T) @ basis
-                q = orth(y.reshape(width, *shape))
-        basis, image = torch.cat(blocks), torch.cat(images)
-        ritz = basis @ image.T
-        return torch.linalg.eigvalsh((ritz + ritz.T) / 2).abs().sort(descending=True).values[:k]
-    q = orth(apply(omega))
-    for _ in range(n_iter):
-        q = orth(apply(orth(adjoint(q))))
-    small = adjoint(q).reshape(width, size)  # rows: A* q_i, so small = Q^T A
-    return torch.linalg.svdvals(small)[:k]
 
 
 # ---------------------------------------------------------------------------
@@ -633,7 +526,7 @@ def task_alignment(ops: KPFlow, errors) -> torch.Tensor:
     for, so the matrix says which sub-task objectives pull the dynamics the
     same way.
     """
-    errors = ops._check(errors, "errors")
+    errors = ops.check_trajectory(errors, "errors")
     if errors.ndim != 4:
         raise ValueError(f"errors must have shape (n_tasks, {', '.join(map(str, ops.shape))}); got {tuple(errors.shape)}")
     return cosine_matrix(ops.PKP(errors))
@@ -649,7 +542,7 @@ def pair_average(matrices, pairs) -> np.ndarray:
 
 def gradient_alignment(ops: KPFlow, errors) -> torch.Tensor:
     """cos(dL_A/dtheta, dL_B/dtheta) for every pair of sub-task errors (n_tasks, B, T, H)."""
-    errors = ops._check(errors, "errors")
+    errors = ops.check_trajectory(errors, "errors")
     if errors.ndim != 4:
         raise ValueError(f"errors must have shape (n_tasks, {', '.join(map(str, ops.shape))}); got {tuple(errors.shape)}")
     grads = ops.J_theta_adj(ops.P_adj(errors))
