@@ -207,7 +207,17 @@ class CoursePlan(SphinxDirective):
         return [_table(("chapter", "builds on", "smoke run", "book run"), rows)]
 
 
+def escape_bars(app, what, name, obj, options, lines):
+    """Docstrings write norms as |x| in plain text; outside ``literals`` reST would read them as substitutions."""
+    for i, line in enumerate(lines):
+        parts = line.split("``")
+        parts[::2] = [p.replace("|", "\\|") for p in parts[::2]]
+        lines[i] = "``".join(parts)
+
+
 def setup(app):
+    app.setup_extension("sphinx.ext.autodoc")
+    app.connect("autodoc-process-docstring", escape_bars)
     app.add_node(scorecard_placeholder)
     app.add_directive("claims-scorecard", ClaimsScorecard)
     app.add_directive("course-plan", CoursePlan)
