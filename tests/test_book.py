@@ -48,8 +48,10 @@ def test_status_bibliography_and_local_mathjax(html):
     assert "_static/mathjax/tex-mml-chtml.js" in (html / "book" / "intro.html").read_text()
 
 
+@pytest.mark.slow
 def test_library_reference_documents_the_public_api(html):
     page = (html / "book" / "api.html").read_text(encoding="utf-8")
-    for name in ("train.train", "train.Adam", "ode.integrate", "validation.check_generator", "gated.race_solve",
+    for name in ("train.train", "train.Adam", "ode.integrate", "validation.check_generator", "gated.race.race_solve",
                  "operators.KPFlow", "spectra.leading_spectrum", "claims.close"):
         assert f'id="learning_dynamics.{name}"' in page, name
+    assert "Used in" in page and 'href="../notebooks/neural_race.html"' in page  # the back-links to the chapters

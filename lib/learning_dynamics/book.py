@@ -8,10 +8,16 @@
   in this build, linking every claim to the figure it checks. Nothing in the
   scorecard is typed by hand, and a new chapter appears on it with no change
   to this file.
+- The library reference (autodoc): plain-text ``|x|`` norms in docstrings are
+  escaped, and every function or class ends with the chapters whose code
+  calls it ("Used in", after d2l's "Defined in"), found by reading the
+  notebooks, so the links never go stale.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -207,6 +213,37 @@ class CoursePlan(SphinxDirective):
         return [_table(("chapter", "builds on", "smoke run", "book run"), rows)]
 
 
+def chapter_uses(root: Path) -> dict[str, set[str]]:
+    """{"module.name": chapters} for every library name a chapter notebook's code calls or imports."""
+    uses: dict[str, set[str]] = {}
+    for notebook in sorted((root / CHAPTER_DIR).glob("*.ipynb")):
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        aliases = {}  # local name -> module path below learning_dynamics
+        for module, names in re.findall(r"from learning_dynamics(?:\.([\w.]+))? import ([\w, ]+)", code):
+            for name in (n.strip() for n in names.split(",")):
+                aliases[name] = f"{module}.{name}" if module else name
+        for first, second in re.findall(r"\b(\w+)\.(\w+)\(", code):
+            if first in aliases:
+                uses.setdefault(f"{aliases[first].split('.')[-1]}.{second}", set()).add(notebook.stem)
+        for name, path in aliases.items():
+            if "." in path and re.search(rf"\b{name}\(", code):
+                uses.setdefault(".".join(path.split(".")[-2:]), set()).add(notebook.stem)
+    return uses
+
+
+def add_chapter_links(app, what, name, obj, options, lines):
+    """End the docstring of a function or class with the chapters that use it."""
+    if what not in ("function", "class"):
+        return
+    if not hasattr(app.env, "ld_chapter_uses"):
+        app.env.ld_chapter_uses = chapter_uses(Path(app.srcdir))
+    *modules, last = name.split(".")  # gated.race.race_solve is called as gated.race_solve
+    chapters = set().union(*(app.env.ld_chapter_uses.get(f"{m}.{last}", set()) for m in modules))
+    if chapters:
+        lines += ["", "Used in " + ", ".join(f":doc:`/{CHAPTER_DIR}{c}`" for c in sorted(chapters)) + "."]
+
+
 def escape_bars(app, what, name, obj, options, lines):
     """Docstrings write norms as |x| in plain text; outside ``literals`` reST would read them as substitutions."""
     for i, line in enumerate(lines):
@@ -218,6 +255,7 @@ def escape_bars(app, what, name, obj, options, lines):
 def setup(app):
     app.setup_extension("sphinx.ext.autodoc")
     app.connect("autodoc-process-docstring", escape_bars)
+    app.connect("autodoc-process-docstring", add_chapter_links)
     app.add_node(scorecard_placeholder)
     app.add_directive("claims-scorecard", ClaimsScorecard)
     app.add_directive("course-plan", CoursePlan)
