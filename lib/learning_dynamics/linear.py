@@ -23,7 +23,7 @@ import torch
 
 from .ode import integrate
 from .train import train
-from .validation import check_array, check_generator, check_int, check_positive
+from .validation import check_array, check_device, check_generator, check_int, check_positive
 
 # ---------------------------------------------------------------------------
 # One mode: the exact solution of the two-layer product dynamics
@@ -363,7 +363,7 @@ def lambda_grid_data(x, y, scales):
     return torch.as_tensor(x).expand(scales.numel(), *x.shape), torch.as_tensor(y)[None] / scales[:, None, None]
 
 
-def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, closed_form=True):
+def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, closed_form=True, device="cpu"):
     """Full-batch GD of 2-2-2 linear networks from :func:`lambda_grid_init`, fitting Y / scale, in one batched run.
 
     Returns W1 W1^T-free summaries: the initial and final layer grams
@@ -371,10 +371,11 @@ def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, clos
     as numpy arrays. The gradients are :func:`matrix_grad_and_value`'s closed
     form, or autograd's with ``closed_form=False`` (the benchmark compares them).
     """
-    w1, w2 = lambda_grid_init(x, y, lams, scales, seed=seed, aligned=aligned)
-    lams = torch.as_tensor(lams, dtype=torch.float64)
+    check_device("device", device)
+    w1, w2 = (w.to(device) for w in lambda_grid_init(x, y, lams, scales, seed=seed, aligned=aligned))
+    lams = torch.as_tensor(lams, dtype=torch.float64, device=device)
     d = x.shape[0]
-    xt, yt = lambda_grid_data(x, y, scales)
+    xt, yt = (t.to(device) for t in lambda_grid_data(x, y, scales))
     grams = lambda p: {  # noqa: E731
         "w1tw1": p["w1"].transpose(-1, -2) @ p["w1"],
         "w2w2t": p["w2"] @ p["w2"].transpose(-1, -2),
@@ -384,10 +385,11 @@ def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, clos
                    gradients=matrix_grad_and_value if closed_form else "stacked")
     rec = result.records
     return {"w1tw1": rec["w1tw1"], "w2w2t": rec["w2w2t"], "loss": rec["loss"], "conserved": (
-        conserved_matrix(result.params["w1"], result.params["w2"]) - lams[:, None, None] * torch.eye(d)).numpy()}
+        conserved_matrix(result.params["w1"], result.params["w2"]) - lams[:, None, None] * torch.eye(d, device=device)
+    ).cpu().numpy()}
 
 
-def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_every):
+def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_every, device="cpu"):
     """GD on the width-Z scalar toy for each initial scale Sigma0 and seed, in one batched run.
 
     a_i, b_i ~ N(0, Sigma0) independently, so E[(a^2 + b^2)/2] = Sigma0. The
@@ -405,21 +407,23 @@ def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_e
     scale = torch.as_tensor(np.repeat(sigma0s, n_seeds)).sqrt()[:, None]
     a = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)
     b = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)
+    a, b = a.to(check_device("device", device)), b.to(device)  # drawn on the CPU: every device sees the same init
     result = train(
-        width_toy_loss, {"a": a, "b": b}, data=(torch.full((a.shape[0],), float(target), dtype=torch.float64),),
+        width_toy_loss, {"a": a, "b": b},
+        data=(torch.full((a.shape[0],), float(target), dtype=torch.float64, device=device),),
         steps=steps, lr=lr * width, seed=seed, record_every=record_every, desc="width-Z toy",
         gradients=width_toy_grad_and_value,
         record=lambda p: {"product": (p["a"] * p["b"]).mean(-1), "sigma": ((p["a"] ** 2 + p["b"] ** 2) / 2).mean(-1)},
     )
     final = result.params
     return {
-        "sigma0": ((a**2 + b**2) / 2).mean(-1).numpy(),
-        "s0": (a * b).mean(-1).numpy(),
+        "sigma0": ((a**2 + b**2) / 2).mean(-1).cpu().numpy(),
+        "s0": (a * b).mean(-1).cpu().numpy(),
         "times": result.steps * lr,
         "product": result.records["product"].T,
         "sigma": result.records["sigma"].T,
-        "growth": ((final["a"] + final["b"]) / (a + b)).numpy(),
-        "conserved_drift": (((final["a"] ** 2 - final["b"] ** 2) - (a**2 - b**2)).abs() / (a**2 + b**2)).amax(-1).numpy(),
+        "growth": ((final["a"] + final["b"]) / (a + b)).cpu().numpy(),
+        "conserved_drift": (((final["a"] ** 2 - final["b"] ** 2) - (a**2 - b**2)).abs() / (a**2 + b**2)).amax(-1).cpu().numpy(),
     }
 
 
