@@ -8,7 +8,7 @@
   already bound by memory traffic on a CPU, and once with smaller networks
   (400 images, width 32), where per-network overhead dominates.
 - Chain phase diagram: every (friction, noise) cell in one array
-  (``springblock.phase_diagram``) against one ``first_order`` call per cell
+  (``springblock.chain_diagram``) against one ``first_order`` call per cell
   (each still vectorised over its replicas), again on a subset of cells.
 """
 
@@ -64,7 +64,7 @@ def _chain_rows(cfg) -> dict:
     chain = dict(n_blocks=cfg.n_blocks, k=cfg.chain_k, eta=cfg.chain_eta, steps=cfg.chain_steps,
                  replicas=cfg.replicas, seed=cfg.seed)
     start = time.perf_counter()
-    springblock.phase_diagram(cfg.frictions, cfg.shakes, asymmetry=cfg.asymmetry, **chain)
+    springblock.chain_diagram(cfg.frictions, cfg.shakes, asymmetry=cfg.asymmetry, **chain)
     batched = time.perf_counter() - start
     cells = [(m, e) for m in cfg.frictions for e in cfg.shakes]
     start = time.perf_counter()

@@ -75,7 +75,7 @@ def test_correlation_loss_equals_per_sample_loss_and_gradient():
     gb = torch.autograd.grad(gated.loss_function(net)(p, *samples).sum(), leaves)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)
-    errors = gated.errors(net, params, samples)
+    errors = gated.output_errors(net, params, samples)
     assert errors.shape == (3, 20)
 
 
@@ -235,7 +235,7 @@ def test_routing_pair_errors_and_projectors_match_the_generic_ones():
     params = gated.orthogonal_init(task.net, np.array([0.3, 1.5]), 2, seed=3)
     batch = gated.data_tensors(task.net, task.test, 2)
     torch.testing.assert_close(hierarchy.routing_pair_errors(task, params),
-                               gated.errors(task.net, params, batch, task.test_groups, 25), rtol=1e-12, atol=1e-12)
+                               gated.output_errors(task.net, params, batch, task.test_groups, 25), rtol=1e-12, atol=1e-12)
     # pathway strengths against the direct product of the weights along each pathway
     pi = gated.pathway_strengths(task.net, params, task.modes_in, task.modes_out)
     for k, p in enumerate(task.net.pathways):

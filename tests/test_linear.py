@@ -44,7 +44,7 @@ def test_lazy_limit_is_exponential():
 
 
 def test_linear_model_half_time():
-    assert linear.linear_model(linear.linear_half_time(0.4), 3.0, 0.4) == pytest.approx(1.5)
+    assert linear.one_layer_mode(linear.one_layer_half_time(0.4), 3.0, 0.4) == pytest.approx(1.5)
 
 
 def test_gamma_plus_is_fixed_point_of_the_width_toy_flow():

@@ -150,15 +150,15 @@ def test_padded_batches_and_clock():
     np.testing.assert_allclose(end["cos"], before["cos"], rtol=1e-9)
 
 
-def test_phase_diagram_sides_of_the_boundary():
+def test_exponent_diagram_sides_of_the_boundary():
     a = np.linspace(0, 2, 9)
-    stats = shallow.phase_diagram(a[:, None], np.array([0.0, 0.5])[None, :], 10_000)
+    stats = shallow.exponent_diagram(a[:, None], np.array([0.0, 0.5])[None, :], 10_000)
     assert stats["kernel_ratio"].shape == (9, 2)
     s = a[:, None] + np.array([0.0, 0.5])[None, :]
     assert np.all(np.abs(stats["kernel_ratio"][s <= 0.75] - 1) < 0.05)
     assert np.all(stats["kernel_ratio"][s >= 1.25] > 2)
     # a learning-rate ratio pushes the boundary out to a + b = 1 + |e| / 2
-    lazy = shallow.phase_diagram(1.25, 0.0, 10_000, e=3.0)["kernel_ratio"]
+    lazy = shallow.exponent_diagram(1.25, 0.0, 10_000, e=3.0)["kernel_ratio"]
     assert abs(lazy - 1) < 0.05
 
 
@@ -189,7 +189,7 @@ def test_angle_is_accurate_for_parallel_vectors():
     (lambda: shallow.gd_runs(np.ones((2, 3)), np.ones((2, 3)), gamma=1.0, c=1.0, eta_u=[1.0, -1.0], lr=0.1, steps=5), "eta_u"),
     (lambda: shallow.prototype_inits([0, 10], [1]), "width"),
     (lambda: shallow.scaled_inits([10], 0, a=0.5, b=0.0), "n_seeds"),
-    (lambda: shallow.phase_diagram(0.5, 0.0, 0), "width"),
+    (lambda: shallow.exponent_diagram(0.5, 0.0, 0), "width"),
     (lambda: shallow.mechanism_map(1.0, 1.5), "zeta0"),
 ])
 def test_bad_input_names_the_parameter(call, name):

@@ -69,8 +69,8 @@ def test_large_noise_profiles():
     assert theory.sum(-1) == pytest.approx(np.ones(3))
 
 
-def test_phase_diagram_signs_and_shape():
-    run = springblock.phase_diagram([0.2, 0.02], [0.5, 0.0], asymmetry=1.5, replicas=8, steps=6000, seed=1)
+def test_chain_diagram_signs_and_shape():
+    run = springblock.chain_diagram([0.2, 0.02], [0.5, 0.0], asymmetry=1.5, replicas=8, steps=6000, seed=1)
     assert run.d_mean.shape == (2, 2, 8)
     c = run.curvature
     assert c[0, 1] < 0 < c[1, 0]      # concave at high friction without noise, convex at low friction shaken

@@ -112,13 +112,13 @@ def sigmoid_half_time(target, u0, rate=1.0):
     return np.log(target / u0 - 1.0) / (2.0 * target * rate)
 
 
-def linear_model(t, target, rate=1.0, theta0=0.0):
+def one_layer_mode(t, target, rate=1.0, theta0=0.0):
     """A linear (one-layer) parameter: theta(t) = s - (s - theta0) exp(-rate t)."""
     t, target, rate, theta0 = (np.asarray(a, dtype=np.float64) for a in (t, target, rate, theta0))
     return target - (target - theta0) * np.exp(-rate * t)
 
 
-def linear_half_time(rate=1.0):
+def one_layer_half_time(rate=1.0):
     """Half time of a linear parameter from zero: ln 2 / rate (no delay)."""
     return np.log(2.0) / np.asarray(rate, dtype=np.float64)
 

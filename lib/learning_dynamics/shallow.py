@@ -510,7 +510,7 @@ def prototype_inits(widths, rescaling_widths, seed=0):
     return batches[0] + batches[1] + batches[2] + lazy
 
 
-def phase_diagram(a, b, width, *, e=0.0, c=1.0, seed=0):
+def exponent_diagram(a, b, width, *, e=0.0, c=1.0, seed=0):
     """Closed-form mechanism statistics over a grid of scaling exponents, in one vectorised call.
 
     Output scale gamma = width^-a, init variance sigma^2 = width^-b and

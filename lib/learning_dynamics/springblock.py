@@ -142,7 +142,7 @@ def second_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 0.1, mas
                 pull, dt, "second-order chain")
 
 
-def phase_diagram(mu, eps, *, asymmetry: float = 1.5, **chain) -> ChainRun:
+def chain_diagram(mu, eps, *, asymmetry: float = 1.5, **chain) -> ChainRun:
     """The (friction, noise) grid in ONE simulation: rows ``mu_fwd = mu``, ``mu_back = asymmetry * mu``; columns ``eps``.
 
     Extra keywords go to :func:`first_order`. The result has cell shape (len(mu), len(eps)).

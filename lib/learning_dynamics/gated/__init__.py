@@ -58,7 +58,7 @@ from .loss import (  # noqa: F401
     correlation_batch,
     correlation_loss,
     data_tensors,
-    errors,
+    output_errors,
     forward,
     loss_function,
     train_gdln,

@@ -71,7 +71,7 @@ def loss_function(net: GDLN):
     return loss
 
 
-def errors(net: GDLN, params: dict[str, torch.Tensor], batch: tuple, groups=None, n_groups: int | None = None) -> torch.Tensor:
+def output_errors(net: GDLN, params: dict[str, torch.Tensor], batch: tuple, groups=None, n_groups: int | None = None) -> torch.Tensor:
     """1/2 |y - y_hat|^2 per network and sample (unweighted), or summed per group of samples.
 
     ``batch`` comes from :func:`data_tensors`; ``groups`` gives each sample's

@@ -169,7 +169,7 @@ def routing_task(gate, hidden: int = 64, features=None) -> GatedTask:
 def routing_pair_errors(task: GatedTask, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """The test error of every (input, output) module pair of a :func:`routing_task` network: shape (networks, M^2).
 
-    The same numbers as ``gated.errors(net, params, batch(task.test), task.test_groups, M^2)``, computed from the
+    The same numbers as ``gated.output_errors(net, params, batch(task.test), task.test_groups, M^2)``, computed from the
     pathway products: pair (i, j) sees the one-hot items of x_i through W_p = W_out{j} W_shared W_in{i} alone,
     so its error is 1/2 |Y - W_p|_F^2 (Y: features x items). Entry i M + j.
     """
