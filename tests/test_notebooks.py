@@ -29,6 +29,9 @@ def test_there_are_chapters():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
 
 
+MAX_CELL_LINES = 45  # the longest today: 42 (three_mechanisms' phase-diagram figure); the aim is about 30
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=ids)
 def test_structure(notebook):
     code = [c for c in cells(notebook) if c["cell_type"] == "code"]
@@ -44,6 +47,8 @@ def test_structure(notebook):
     assert not any(o.get("output_type") == "error" for c in code for o in c["outputs"])
     assert figure_labels(notebook), "every chapter has numbered, captioned figures"
     assert "report(" in "".join(code[-1]["source"]), "the last code cell reports the claims"
+    longest = max(len("".join(c["source"]).splitlines()) for c in code)
+    assert longest <= MAX_CELL_LINES, f"a code cell of {longest} lines: split it (a compute cell, then a figure cell)"
     text = "".join("".join(c["source"]) for c in cells(notebook) if c["cell_type"] == "markdown")
     assert "{cite:" in text and ":::{exercise}" in text and ":::{solution}" in text
     solutions = re.findall(r":::\{solution\}[^\n]*\n((?::[a-z]+:[^\n]*\n)*)", text)
