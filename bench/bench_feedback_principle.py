@@ -51,8 +51,8 @@ def rows() -> list[dict]:
                        data=tuple(d[picks] for d in data))
     loop = (time.perf_counter() - start) * len(lams) / len(picks)
     gram = (final["w1"].transpose(-1, -2) @ final["w1"]).numpy()
-    mismatch = np.max(np.abs(gram - batched_run["w1tw1"][-1][picks]))
-    mismatch_auto = np.max(np.abs(autograd_run["w1tw1"][-1] - batched_run["w1tw1"][-1]))
+    mismatch = np.max(np.abs(gram - batched_run.at_end("w1tw1")[picks]))
+    mismatch_auto = np.max(np.abs(autograd_run.at_end("w1tw1") - batched_run.at_end("w1tw1")))
     note = f"{len(lams)} networks x {cfg.grid_steps} GD steps; loop timed on {len(picks)} networks and scaled"
     return [dict(benchmark="feedback_principle: lazy/rich grid, batched vs one network at a time",
                  batched_s=batched, loop_s=loop, ratio=loop / batched,

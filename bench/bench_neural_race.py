@@ -57,8 +57,8 @@ def rows() -> list[dict]:
         "300 GD steps, one network per number of contexts (each with its own data)"))
 
     run_full, full = _timed(lambda: gated.aligned_runs([routing], 0.08, lr=0.02, steps=200, records=200, flow=False))
-    t_reduced, (_, reduced) = _timed(lambda: gated.race_steps(full["start"][0], full["races"][0], 0.02, 200))
-    diff = float(np.abs(full["edges_gd"][:, 0] - reduced).max())
+    t_reduced, (_, reduced) = _timed(lambda: gated.race_steps(full.final["start"][0], full.final["races"][0], 0.02, 200))
+    diff = float(np.abs(full.records["edges_gd"][:, 0] - reduced).max())
     out.append(dict(benchmark="neural race: routing network, reduction (60 scalars) vs full GD", batched_s=t_reduced,
                     loop_s=run_full, ratio=run_full / t_reduced,
                     note=f"200 steps at lr 0.02 from the decoupled init; max |db| {diff:.1e}"))

@@ -125,13 +125,13 @@ def test_reduction_matches_brute_force_gd_on_random_gated_networks(seed):
     task = Task(net, *aligned_context_task(net, 3, 3, rng))
     run = gated.aligned_runs([task], 0.3, lr=2e-3, steps=600, records=30, seed=seed)
     # GD step = Euler step of the reduced equations, exactly
-    steps, euler = gated.race_steps(run["start"][0], run["races"][0], 2e-3, 600)
-    np.testing.assert_allclose(run["edges_gd"][:, 0], euler[np.rint(run["times"] / 2e-3).astype(int)], atol=1e-11)
+    steps, euler = gated.race_steps(run.final["start"][0], run.final["races"][0], 2e-3, 600)
+    np.testing.assert_allclose(run.records["edges_gd"][:, 0], euler[np.rint(run.times / 2e-3).astype(int)], atol=1e-11)
     # and GD at a small step follows the reduced gradient flow
-    scale = np.abs(run["drive"]).max()
-    assert np.max(np.abs(run["gd"] - run["flow"])) < 0.02 * scale
+    scale = np.abs(run.final["drive"]).max()
+    assert np.max(np.abs(run.records["gd"] - run.records["flow"])) < 0.02 * scale
     # the loss in reduced variables is the network's loss
-    np.testing.assert_allclose(gated.race_loss(run["flow_edges"][0, 0], run["races"][0]), run["loss"][0, 0], rtol=1e-10)
+    np.testing.assert_allclose(gated.race_loss(run.records["flow_edges"][0, 0], run.final["races"][0]), run.records["loss"][0, 0], rtol=1e-10)
 
 
 def test_reduction_refuses_data_that_break_its_assumptions():
@@ -251,5 +251,5 @@ def test_one_context_ties_the_shared_and_the_private_pathway():
     # at C = 1 both pathways of depth 2 see the same data from the same start: a tie by symmetry (moved out of the claims)
     task = hierarchy.context_task(1, 1, 2, 8, (3.0, 2.0, 2.5))
     run = gated.aligned_runs([task], 0.1, lr=1e-3, steps=2000, seed=0)
-    share = run["gd"][-1, 0, 0, :2] / run["gd"][-1, 0, :2, :2].sum(0)
+    share = run.records["gd"][-1, 0, 0, :2] / run.records["gd"][-1, 0, :2, :2].sum(0)
     np.testing.assert_allclose(share, 0.5, atol=1e-9)

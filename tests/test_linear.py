@@ -117,8 +117,8 @@ def test_aligned_closed_form_grams_match_gradient_descent():
     u, s, vt = np.linalg.svd(y @ x.T / 10)
     for j, (lam, scale) in enumerate(zip(lams, scales)):
         w1tw1, w2w2t = linear.aligned_layer_grams(lr * steps, lam, s / scale, np.full(2, np.sqrt(scale)), u, vt.T)
-        np.testing.assert_allclose(run["w1tw1"][-1][j], w1tw1, atol=2e-3)
-        np.testing.assert_allclose(run["w2w2t"][-1][j], w2w2t, atol=2e-3)
+        np.testing.assert_allclose(run.at_end("w1tw1")[j], w1tw1, atol=2e-3)
+        np.testing.assert_allclose(run.at_end("w2w2t")[j], w2w2t, atol=2e-3)
 
 
 def test_whiten_gives_identity_covariance():
@@ -139,7 +139,7 @@ def test_random_regression_with_a_fixed_target_spectrum():
 def test_every_neuron_of_the_width_toy_shares_one_growth_factor():
     # under discrete GD every (a_i + b_i) is multiplied by the same factor at each step: an identity, not a claim
     toy = linear.width_toy_runs(np.array([0.1, 3.0]), 50, 1.0, lr=1e-3, steps=2000, n_seeds=2, seed=0, record_every=500)
-    assert np.max(toy["growth"].std(axis=1) / toy["growth"].mean(axis=1)) < 1e-8
+    assert np.max(toy.final["growth"].std(axis=1) / toy.final["growth"].mean(axis=1)) < 1e-8
 
 
 def test_layerwise_flow_integrates_the_two_layers_of_the_sigmoid_mode():

@@ -61,8 +61,8 @@ def test_closed_form_matches_gd_with_equal_and_unequal_learning_rates():
     eta_u = np.array([1.0, 1.0, 4.0, 0.25])
     eta_w = np.array([1.0, 1.0, 0.25, 4.0])
     gd = shallow.gd_runs(u0, w0, gamma=0.5, c=1.0, eta_u=eta_u, eta_w=eta_w, lr=1e-3, steps=4000, record_every=100)
-    exact = shallow.solve(gd["t"], u0, w0, gamma=0.5, c=1.0, eta_u=eta_u, eta_w=eta_w)
-    assert rel_error(gd, exact) < 1e-3
+    exact = shallow.solve(gd.times, u0, w0, gamma=0.5, c=1.0, eta_u=eta_u, eta_w=eta_w)
+    assert rel_error({k: gd.trajectory(k) for k in gd.records}, exact) < 1e-3
     # unequal rates really change the trajectory
     assert np.max(np.abs(exact["norm_u"][2] - exact["norm_u"][0])) > 0.1
 
@@ -85,7 +85,7 @@ def test_zero_norm_init_stays_at_zero():
     end = shallow.final_state(0.0, 0.0, 0.0, gamma=1.0, c=1.5)
     assert end["F"][-1] == 0.0 and end["ntk"][-1] == 0.0
     gd = shallow.gd_runs(zero[None], zero[None], gamma=1.0, c=1.5, lr=1e-2, steps=10)
-    np.testing.assert_array_equal(gd["u"], 0.0)
+    np.testing.assert_array_equal(gd.final["u"], 0.0)
 
 
 @pytest.mark.parametrize("kind", ["one layer zero", "anti-aligned", "aligned, negative target"])

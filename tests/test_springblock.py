@@ -88,7 +88,7 @@ def test_second_order_without_noise_freezes_in_static_equilibrium():
 def test_records_and_averages():
     run = springblock.first_order(0.1, 0.1, 0.3, replicas=4, steps=1000, record_every=100, average_last=0.2)
     assert run.times == pytest.approx(0.01 * np.arange(0, 1001, 100))
-    assert run.x_mean.shape == (11, 7)
+    assert run.records["x_mean"].shape == (11, 7)
     assert run.x.shape == (4, 7)
     assert run.d_mean.sum() == pytest.approx(1.0)
 

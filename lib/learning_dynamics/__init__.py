@@ -7,7 +7,8 @@ Modules are organised by concept, not by paper (see DESIGN.md):
   (gated deep linear networks and their race), ``operators`` (the KPFlow
   operators of recurrent networks), ``mlp`` and ``separation`` (the deep
   network and its layer-by-layer separation), ``springblock`` (the chain);
-- training and numerics: ``train`` (the batched trainer), ``ode`` (the one
+- training and numerics: ``train`` (the batched trainer), ``results`` (the
+  :class:`~learning_dynamics.results.Run` every runner returns), ``ode`` (the one
   ODE helper), ``threads`` (the CPU thread policy);
 - data: ``tasks`` (generated tasks, scikit-learn's digits, recurrent tasks);
 - running a chapter: ``presets``, ``claims``, ``plotting``, ``seeds``,

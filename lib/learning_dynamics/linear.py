@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .ode import integrate
+from .results import Run
 from .train import train
 from .validation import check_array, check_device, check_generator, check_int, check_positive
 
@@ -297,8 +298,8 @@ def width_toy_grad_and_value(params, target):
 def skill_runs(sampler, n_skills, *, init, lr, steps, n_seeds, seed, record_every, device="cpu"):
     """Online SGD of the layerwise (a_k = b_k = init) and linear (theta = 0) models on skill data.
 
-    Returns the recorded times t = lr * step and the learned coefficients
-    a_k b_k and theta_k, each of shape (n_records, n_seeds, K).
+    Returns a :class:`~learning_dynamics.results.Run` whose records ``layerwise`` (a_k b_k) and
+    ``linear`` (theta_k) have shape (n_records, n_seeds, K).
     """
     init = check_positive("init", init)
     shape = (n_seeds, n_skills)
@@ -313,7 +314,8 @@ def skill_runs(sampler, n_skills, *, init, lr, steps, n_seeds, seed, record_ever
         record=lambda p: {"coef": p["theta"]}, record_every=record_every, desc="linear model",
         gradients=linear_grad_and_value,
     )
-    return layerwise.steps * lr, layerwise.records["coef"], linear.records["coef"]
+    return Run(times=layerwise.times, steps=layerwise.steps,
+               records={"layerwise": layerwise.records["coef"], "linear": linear.records["coef"]})
 
 
 def crossing_times(times, curves, level):
@@ -366,9 +368,9 @@ def lambda_grid_data(x, y, scales):
 def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, closed_form=True, device="cpu"):
     """Full-batch GD of 2-2-2 linear networks from :func:`lambda_grid_init`, fitting Y / scale, in one batched run.
 
-    Returns W1 W1^T-free summaries: the initial and final layer grams
-    (W1^T W1, W2 W2^T), the final loss and the drift of the conserved matrix,
-    as numpy arrays. The gradients are :func:`matrix_grad_and_value`'s closed
+    Returns a :class:`~learning_dynamics.results.Run` recording the layer grams ``w1tw1`` (W1^T W1) and
+    ``w2w2t`` (W2 W2^T) and the ``loss`` at the start and the end, with the
+    final drift of the conserved matrix as ``final["conserved"]``. The gradients are :func:`matrix_grad_and_value`'s closed
     form, or autograd's with ``closed_form=False`` (the benchmark compares them).
     """
     check_device("device", device)
@@ -383,10 +385,9 @@ def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, clos
     result = train(matrix_loss, {"w1": w1, "w2": w2}, data=(xt, yt), steps=steps, lr=lr, seed=seed,
                    record=grams, record_every=steps, desc="lambda x scale grid",
                    gradients=matrix_grad_and_value if closed_form else "stacked")
-    rec = result.records
-    return {"w1tw1": rec["w1tw1"], "w2w2t": rec["w2w2t"], "loss": rec["loss"], "conserved": (
-        conserved_matrix(result.params["w1"], result.params["w2"]) - lams[:, None, None] * torch.eye(d, device=device)
-    ).cpu().numpy()}
+    drift = conserved_matrix(result.params["w1"], result.params["w2"]) - lams[:, None, None] * torch.eye(d, device=device)
+    result.final["conserved"] = drift.cpu().numpy()
+    return result
 
 
 def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_every, device="cpu"):
@@ -396,10 +397,11 @@ def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_e
     step is lr * Z per neuron (mean-field scaling), so that time t = lr * step
     matches :func:`product_growth` with rate 1.
 
-    Returns a dict with per-network Sigma0, S0 (measured at init), the
-    recorded times, the product f(t), Sigma(t), the per-neuron growth factors
-    (a_i + b_i)(T) / (a_i + b_i)(0) of shape (networks, Z), and the largest
-    drift of a_i^2 - b_i^2 per network, relative to a_i^2 + b_i^2 at init.
+    Returns a :class:`~learning_dynamics.results.Run` recording the product f(t) and Sigma(t) per
+    network, (n_records, networks), with ``final`` per-network Sigma0 and S0
+    (measured at init), the per-neuron growth factors (a_i + b_i)(T) /
+    (a_i + b_i)(0) of shape (networks, Z), and the largest drift of
+    a_i^2 - b_i^2 per network, relative to a_i^2 + b_i^2 at init.
     """
     sigma0s = check_array("sigma0s", sigma0s, ndim=1, positive=True)
     width = check_int("width", width, low=1)
@@ -416,15 +418,14 @@ def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_e
         record=lambda p: {"product": (p["a"] * p["b"]).mean(-1), "sigma": ((p["a"] ** 2 + p["b"] ** 2) / 2).mean(-1)},
     )
     final = result.params
-    return {
+    result.times = result.steps * lr  # the trainer's step is lr * Z
+    result.final = {
         "sigma0": ((a**2 + b**2) / 2).mean(-1).cpu().numpy(),
         "s0": (a * b).mean(-1).cpu().numpy(),
-        "times": result.steps * lr,
-        "product": result.records["product"].T,
-        "sigma": result.records["sigma"].T,
         "growth": ((final["a"] + final["b"]) / (a + b)).cpu().numpy(),
         "conserved_drift": (((final["a"] ** 2 - final["b"] ** 2) - (a**2 - b**2)).abs() / (a**2 + b**2)).amax(-1).cpu().numpy(),
     }
+    return result
 
 
 def grams_kernel_distance(grams_start, grams_end, x):

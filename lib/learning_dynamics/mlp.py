@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from . import separation
+from .results import Run
 from .tasks import digits
 from .train import train
 from .validation import check_choice, check_float, check_generator, check_int, check_positive
@@ -104,9 +105,10 @@ def loss(params, x, y, alpha, masks=None):
     return -torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(-1)
 
 
-@dataclass
-class GridResult:
-    """Per network (alpha, noise, seed): the separation profile log D_0..log D_L and test accuracy."""
+@dataclass(kw_only=True)
+class GridResult(Run):
+    """A :class:`~learning_dynamics.results.Run` of the grid (``records["loss"]`` per step and network) with, per network (alpha, noise,
+    seed), the separation profile log D_0..log D_L and the test accuracy."""
 
     alphas: np.ndarray
     noises: np.ndarray
@@ -188,7 +190,8 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     result = train(loss, params, steps=steps, lr=rates, sampler=sampler, optimizer="adam", seed=noise_seed,
                    desc="phase-diagram grid")
     log_d, accuracy = measure(result.params, alpha, data)
-    return GridResult(alphas=alphas, noises=noises, noise_kind=noise_kind, log_d=log_d.reshape(shape + (-1,)),
+    return GridResult(times=result.times, steps=result.steps, records=result.records, params=result.params,
+                      alphas=alphas, noises=noises, noise_kind=noise_kind, log_d=log_d.reshape(shape + (-1,)),
                       accuracy=accuracy.reshape(shape), train_loss=result.records["loss"][-1].reshape(shape))
 
 

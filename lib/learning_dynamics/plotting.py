@@ -131,3 +131,28 @@ def subplots(*args, **kwargs):
     """``plt.subplots`` with the book style and a constrained layout."""
     use_style()
     return plt.subplots(*args, layout="constrained", **kwargs)
+
+
+MECHANISM_MARKERS = {"alignment": "o", "disalignment": "s", "rescaling": "^", "lazy alignment": "D"}
+
+
+def mechanism_map(fig, ax, scale, zeta0, mech, points: dict, *, kernel_tol: float = 0.05) -> None:
+    """The balanced-init mechanism map of :func:`learning_dynamics.shallow.mechanism_map`, with the inits on it.
+
+    Colour is the change of |zeta|; the hatched region is the kernel regime
+    (|K_inf/K_0 - 1| < ``kernel_tol``); the dashed line is zeta0 = 1/scale.
+    ``points`` maps a mechanism's name to the (scale, |zeta0|) of its inits.
+    """
+    mesh = ax.pcolormesh(scale, zeta0, mech["alignment_change"].T, cmap="RdBu", vmin=-1, vmax=1, shading="nearest")
+    fig.colorbar(mesh, ax=ax, label="change of $|\\zeta|$")
+    lazy = np.abs(mech["kernel_ratio"].T - 1)
+    ax.contourf(scale, zeta0, lazy, levels=[0, kernel_tol], colors="none", hatches=["////"])
+    ax.contour(scale, zeta0, lazy, levels=[kernel_tol], colors="k", linewidths=0.8)
+    ax.plot(scale, np.clip(1 / scale, 0, 1), "k--", lw=1)
+    for name, (x, y) in points.items():
+        ax.plot(x, np.minimum(y, 0.995), MECHANISM_MARKERS[name], color="k", mfc="y", ms=6, ls="none", label=name)
+    for x, y, text in ((0.03, 0.15, "alignment"), (3, 0.75, "disalignment"), (20, 0.08, "kernel")):
+        ax.text(x, y, text, fontsize=8)
+    ax.set(xscale="log", xlabel="output scale $\\gamma |u_0||w_0| / |c|$", ylabel="initial alignment $|\\zeta_0|$",
+           title="mechanisms (balanced init)")
+    ax.legend(loc="center left", fontsize=7)

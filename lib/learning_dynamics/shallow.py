@@ -35,6 +35,7 @@ import torch
 
 from .linear import conserved_matrix, growth_fixed_point, product_growth
 from .ode import integrate
+from .results import Run
 from .train import train
 from .validation import check_array, check_generator, check_int, check_positive
 
@@ -272,7 +273,10 @@ def observables_of_weights(u, w, *, gamma, c, eta_u=1.0, eta_w=1.0):
 
 
 def mechanism_stats(traj):
-    """Change statistics between the first and last time of a trajectory dict (time = last axis).
+    """Change statistics between the first and last time of a trajectory.
+
+    ``traj`` is a :class:`~learning_dynamics.results.Run` (record axis first) or a dict of closed-form
+    observables (:func:`solve`, :func:`final_state`; time = last axis).
 
     - ``alignment_change``: |cos(u, w)| at the end minus at the start
       (> 0 alignment, < 0 disalignment);
@@ -283,6 +287,8 @@ def mechanism_stats(traj):
     Each statistic is returned when ``traj`` holds what it needs (a
     nonlinear network records no angle or NTK, for instance).
     """
+    if isinstance(traj, Run):
+        traj = {name: traj.trajectory(name) for name in traj.records}
     first, last = (lambda x: np.asarray(x)[..., 0]), (lambda x: np.asarray(x)[..., -1])
     stats = {}
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -574,9 +580,9 @@ def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1
 
     Layer-wise learning rates enter by the reparametrisation of
     :func:`network_loss`, so time is t = lr * step for every network.
-    Returns a dict with ``t`` (records,) and the observables of
-    :data:`OBSERVABLES` (except g) of shape (networks, records), plus the
-    final ``u`` and ``w``.
+    Returns a :class:`~learning_dynamics.results.Run` recording the observables of :data:`OBSERVABLES`
+    (except g), shape (records, networks), with the final ``u`` and ``w`` in
+    ``final``.
     """
     u0, w0 = _init_vectors(u0, w0)
     if u0.ndim != 2:
@@ -596,11 +602,8 @@ def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1
 
     result = train(network_loss, params, data=(gamma * (eta_u * eta_w).sqrt(), c), steps=steps, lr=lr,
                    record=record, record_every=record_every, desc=desc)
-    out = {name: values.T for name, values in result.records.items()}
-    out["t"] = result.steps * lr
-    out["u"] = (result.params["U"] * root_u).cpu().numpy()
-    out["w"] = (result.params["W"] * root_w).cpu().numpy()
-    return out
+    result.final = {"u": (result.params["U"] * root_u).cpu().numpy(), "w": (result.params["W"] * root_w).cpu().numpy()}
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -686,9 +689,9 @@ def tanh_inits(x, y, width, *, seed=0):
 def tanh_runs(x, y, width, *, lr, steps, record_every=1, seed=0, device="cpu"):
     """Full-batch GD of the three settings of :func:`tanh_inits` in one batched run.
 
-    Returns ``t`` (lr x step), and per setting (rows in the order of
-    :data:`TANH_SETTINGS`) the loss, ``cos`` = zeta of :func:`layer_alignment`,
-    ``norm_u`` = |U|_F and ``norm_w`` = |w| over the records.
+    Returns a :class:`~learning_dynamics.results.Run` (t = lr x step) recording, per setting (columns in
+    the order of :data:`TANH_SETTINGS`), the loss, ``cos`` = zeta of
+    :func:`layer_alignment`, ``norm_u`` = |U|_F and ``norm_w`` = |w|.
     """
     lr = check_positive("lr", lr)
     params, gamma, lr_scale = tanh_inits(x, y, width, seed=seed)
@@ -702,6 +705,5 @@ def tanh_runs(x, y, width, *, lr, steps, record_every=1, seed=0, device="cpu"):
     result = train(tanh_loss, params, data=(x.expand(n, *x.shape), y.expand(n, *y.shape), gamma.to(device)),
                    steps=steps, lr=lr * lr_scale.to(device), record=record, record_every=record_every,
                    desc="tanh net on digits")
-    out = {name: values.T for name, values in result.records.items()}
-    out["t"] = result.steps * lr
-    return out
+    result.times = result.steps * lr  # the settings' rates are lr x their scale
+    return result

@@ -34,24 +34,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import separation
+from .results import Run
 from .train import progress
 from .validation import check_float, check_int, check_positive
 
 
-@dataclass
-class ChainRun:
-    """A batch of chains, one per parameter cell (shape ``S``) and replica.
+@dataclass(kw_only=True)
+class ChainRun(Run):
+    """A :class:`~learning_dynamics.results.Run` of a batch of chains, one per parameter cell (shape ``S``) and replica.
 
+    ``records["x_mean"]``: replica-mean positions at ``times``, (T, S..., L);
     ``x``: final positions (S..., replicas, L); ``d_mean``: elongations
     averaged over replicas and over the last ``average_last`` of the steps
-    (S..., L+1); ``times`` and ``x_mean``: replica-mean positions recorded
-    along the way (T,) and (T, S..., L).
+    (S..., L+1).
     """
 
     x: np.ndarray
     d_mean: np.ndarray
-    times: np.ndarray
-    x_mean: np.ndarray
     pull: float
 
     @property
@@ -250,4 +249,4 @@ def _run(step, with_velocity, cell_shape, n_blocks, steps, replicas, average_las
                 kept.append(x.mean(-2))
     x_avg = total / count if count else x
     d_mean = elongations(x_avg, pull).mean(-2)
-    return ChainRun(x=x, d_mean=d_mean, times=np.array(times), x_mean=np.stack(kept), pull=pull)
+    return ChainRun(times=np.array(times), records={"x_mean": np.stack(kept)}, x=x, d_mean=d_mean, pull=pull)

@@ -35,6 +35,7 @@ import torch
 from torch.func import vmap
 from tqdm import tqdm
 
+from .results import Run
 from .threads import small_problem
 from .validation import check_choice, check_generator, check_int, check_positive
 
@@ -53,19 +54,6 @@ class TrainingDiverged(RuntimeError):
             f"training diverged at step {step}: networks {shown}{more} reached loss {loss:.3g}; "
             "lower the learning rate or the initial scale"
         )
-
-
-@dataclass
-class TrainResult:
-    """Final stacked parameters and what was recorded along the way.
-
-    ``records[name]`` has shape ``(len(steps), n_networks, ...)``; ``loss`` is
-    always recorded.
-    """
-
-    params: dict[str, torch.Tensor]
-    steps: np.ndarray
-    records: dict[str, np.ndarray]
 
 
 def progress_enabled() -> bool:
@@ -138,8 +126,13 @@ def train(
     record_every: int = 1,
     seed: int = 0,
     desc: str = "training",
-) -> TrainResult:
-    """Train every stacked network for ``steps`` steps and return a :class:`TrainResult`.
+) -> Run:
+    """Train every stacked network for ``steps`` steps and return a :class:`~learning_dynamics.results.Run`.
+
+    The run's ``records[name]`` have shape ``(n_records, n_networks, ...)``
+    (``loss`` is always recorded), its ``params`` are the final stacked
+    parameters, and its ``times`` are lr x step; with one learning rate per
+    network they are the steps themselves, and the runner sets its own clock.
 
     Args:
         loss_fn: ``loss_fn(params, *batch)``; with ``gradients="stacked"`` it
@@ -173,6 +166,7 @@ def train(
         raise ValueError("give exactly one of data= (full batch) or sampler= (fresh batch per step)")
     n = n_networks(params)
     first = next(iter(params.values()))
+    clock = float(lr) if np.ndim(lr) == 0 else 1.0  # t = lr x step, or the step for per-network rates
     lr = _learning_rates(lr, n, first)
     params = {k: v.detach().clone() for k, v in params.items()}
     step_fn = _gradient_path(gradients, loss_fn, params)
@@ -198,7 +192,8 @@ def train(
             with torch.no_grad():
                 params = optimizer.update(params, grads, state, rates, step)
     records = {k: np.stack(v) for k, v in kept.items()}
-    return TrainResult(params=params, steps=np.array(record_steps), records=records)
+    record_steps = np.array(record_steps)
+    return Run(times=record_steps * clock, records=records, params=params, steps=record_steps)
 
 
 def _gradient_path(gradients, loss_fn: Callable, like: dict[str, torch.Tensor]) -> Callable:

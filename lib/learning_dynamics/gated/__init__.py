@@ -66,6 +66,7 @@ from .loss import (  # noqa: F401
 from .race import (  # noqa: F401
     Race,
     aligned_runs,
+    reduced_products,
     chain_rhs,
     chain_solve,
     race_loss,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..train import TrainResult, train
+from ..results import Run
+from ..train import train
 from ..validation import check_int
 from .graph import GDLN, GatedData, _Products, gated_correlations
 
@@ -191,7 +192,7 @@ def correlation_loss(net: GDLN, groups):
 
 
 def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, lr, record=None,
-               record_every: int = 1, seed: int = 0, desc: str = "gated network") -> TrainResult:
+               record_every: int = 1, seed: int = 0, desc: str = "gated network") -> Run:
     """Full-batch gradient descent of stacked GDLNs (leading network dimension) via :func:`train`.
 
     ``data`` is one :class:`GatedData` shared by all networks or a list with one

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import linear
 from ..ode import integrate
+from ..results import Run
 from ..train import progress
 from ..validation import check_array, check_int, check_positive
 from .graph import GDLN, GatedData, aligned_init, edge_projector, gated_correlations, node_bases, pathway_projector
@@ -189,16 +190,17 @@ def race_steps(b0, race: Race, lr: float, steps: int, record_every: int = 1):
 
 
 def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: int = 0, flow: bool = True,
-                 device="cpu") -> dict:
+                 device="cpu") -> Run:
     """GD from the decoupled (aligned) init next to the reduction, for tasks that share one graph.
 
     Every task gets its own network; all train in one batched run. Each
     pathway starts with |b_e| = b0 on every mode, signs following its drive
-    (:func:`signed_strengths`). Returns the times t = lr x step, the pathway
-    strengths from GD ``gd`` and from the reduced ODEs ``flow`` (both (T,
-    tasks, P, r)), the edge strengths from GD ``edges_gd`` and the reduction
-    ``flow_edges`` ((T, tasks, E, r)), the drives (tasks, P, r), the losses,
-    the reductions ``races`` and the initial strengths ``start``. With
+    (:func:`signed_strengths`). Returns a :class:`~learning_dynamics.results.Run` (t = lr x step)
+    recording the pathway strengths from GD ``gd`` and from the reduced ODEs
+    ``flow`` (both (T, tasks, P, r)), the edge strengths from GD ``edges_gd``
+    and from the reduction ``flow_edges`` ((T, tasks, E, r)) and the
+    ``loss``; its ``final`` holds the ``drive`` (tasks, P, r), the
+    reductions ``races`` and the initial strengths ``start``. With
     ``flow=False`` the ODEs are not solved (for GD-stepped comparisons with
     :func:`race_steps`).
     """
@@ -214,15 +216,27 @@ def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: 
     result = train_gdln(net, aligned_init(net, bases, start, device=device), [t.data for t in tasks], steps=steps, lr=lr,
                         record_every=every, seed=seed, desc="gated network, aligned init",
                         record=lambda p: {"pi": pathways(p), "b": edges(p)})
-    times = result.steps * lr
-    out = {"times": times, "gd": result.records["pi"], "edges_gd": result.records["b"], "loss": result.records["loss"],
-           "drive": np.stack([r.drive for r in races]), "races": races, "start": start}
+    run = Run(times=result.times, steps=result.steps, params=result.params,
+              records={"gd": result.records["pi"], "edges_gd": result.records["b"], "loss": result.records["loss"]},
+              final={"drive": np.stack([r.drive for r in races]), "races": races, "start": start})
     if flow:
         stacked = stack_races(races)
-        edges = race_solve(times, start, stacked)                     # all tasks in one solve
-        out["flow_edges"] = edges
-        out["flow"] = race_products(edges, stacked)
-    return out
+        edges = race_solve(run.times, start, stacked)                     # all tasks in one solve
+        run.records["flow_edges"] = edges
+        run.records["flow"] = race_products(edges, stacked)
+    return run
+
+
+def reduced_products(tasks, b0, t) -> np.ndarray:
+    """The reduction alone, for tasks that share one graph: pathway strengths (len(t), tasks, P, r).
+
+    Each pathway starts as in :func:`aligned_runs` (|b_e| = b0, signs from its
+    drive); all tasks are solved in one ODE call.
+    """
+    races = [race_reduction(task.net, task.data, task.modes_in, task.modes_out) for task in tasks]
+    stacked = stack_races(races)
+    edges = race_solve(t, np.stack([signed_strengths(r, b0) for r in races]), stacked)
+    return race_products(edges, stacked)
 
 
 def signed_strengths(race: Race, b0: float) -> np.ndarray:
