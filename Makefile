@@ -25,7 +25,7 @@ book: $(STAMP)
 		echo "library or pins changed: execution cache cleared"; fi
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 	@echo $(CODE_HASH) > _build/.code-hash
-	@$(PYTHON) -m learning_dynamics.timings
+	@$(PYTHON) -m learning_dynamics timings
 
 test: $(STAMP)
 	$(PYTHON) -m pytest

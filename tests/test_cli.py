@@ -180,3 +180,8 @@ def test_cuda_without_a_gpu_fails_before_any_kernel(monkeypatch):
     args = cli.build_parser().parse_args(["run", "kpflow", "--device", "cuda"])
     with pytest.raises(cli.UsageError, match="device must be 'cpu' on this machine"):
         cli.validate_run(args)
+
+
+def test_timings_without_a_cache_says_so(tmp_path, capsys):
+    assert cli.main(["timings", str(tmp_path / "absent")]) == 0
+    assert "no execution cache" in capsys.readouterr().out

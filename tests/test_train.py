@@ -38,14 +38,14 @@ def test_per_network_learning_rates_and_records():
 def test_adam_and_sampler_run_and_reduce_loss():
     sampler = tasks.skill_sampler(tasks.skill_frequencies(3, 0.5), 1.0, 2, 64)
     ones = torch.ones(2, 3, dtype=torch.float64)
-    out = train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, sampler=sampler, steps=200, lr=0.05, optimizer="adam")
+    out = train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, data=sampler, steps=200, lr=0.05, optimizer="adam")
     assert (out.records["loss"][-1] < out.records["loss"][0]).all()
 
 
 def test_same_seed_same_result():
     sampler = tasks.skill_sampler(tasks.skill_frequencies(3, 0.5), 1.0, 2, 16)
     ones = torch.ones(2, 3, dtype=torch.float64)
-    runs = [train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, sampler=sampler, steps=20, lr=0.1, seed=4) for _ in range(2)]
+    runs = [train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, data=sampler, steps=20, lr=0.1, seed=4) for _ in range(2)]
     torch.testing.assert_close(runs[0].params["a"], runs[1].params["a"], rtol=0, atol=0)
 
 
@@ -61,6 +61,7 @@ def test_divergence_raises_instead_of_nan():
     (dict(steps=0), "steps must be"),
     (dict(optimizer="sgdm"), "optimizer must be one of"),
     (dict(gradients="auto"), "gradients must be one of 'stacked', 'vmap' or a callable"),
+    (dict(data=[1, 2]), "data must be a tuple of tensors .* or a sampler.*; got list"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, match):
     params, data = small_grid()
@@ -138,7 +139,7 @@ def test_optimizers_are_objects_and_their_names_mean_their_defaults():
 
     sampler = tasks.skill_sampler(tasks.skill_frequencies(3, 0.5), 1.0, 2, 16)
     ones = torch.ones(2, 3, dtype=torch.float64)
-    run = lambda opt: train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, sampler=sampler,  # noqa: E731
+    run = lambda opt: train(linear.diagonal_loss, {"a": 0.3 * ones, "b": 0.3 * ones}, data=sampler,  # noqa: E731
                             steps=20, lr=0.05, optimizer=opt).params["a"]
     torch.testing.assert_close(run("adam"), run(Adam()), rtol=0, atol=0)
     torch.testing.assert_close(run("gd"), run(GD()), rtol=0, atol=0)

@@ -12,8 +12,9 @@ Modules are organised by concept, not by paper (see DESIGN.md):
   ODE helper), ``threads`` (the CPU thread policy);
 - data: ``tasks`` (generated tasks, scikit-learn's digits, recurrent tasks);
 - running a chapter: ``presets``, ``claims``, ``plotting``, ``seeds``,
-  ``cli`` (``python -m learning_dynamics``), ``timings``, ``book`` (the Sphinx
-  extension), and ``validation`` (input checks and the seed helper).
+  ``cli`` (``python -m learning_dynamics``: list, run, check, timings), and
+  ``validation`` (input checks and the seed helper). The book's Sphinx
+  extension lives with the book, in ``book/_ext/ld_book.py``.
 
 Importing the package first sets its CPU thread policy
 (:mod:`learning_dynamics.threads`), before torch loads.

@@ -309,12 +309,35 @@ def cmd_check(args) -> int:
     return 1 if bad else 0
 
 
+def cached_timings(cache_dir: Path) -> dict[str, float]:
+    """Notebook file name -> seconds of its last execution in the book's jupyter-cache."""
+    from jupyter_cache import get_cache
+
+    out = {}
+    for record in get_cache(str(cache_dir)).list_cache_records():
+        data = record.data or {}
+        if "execution_seconds" in data:
+            out[Path(record.uri).name] = float(data["execution_seconds"])
+    return out
+
+
+def cmd_timings(args) -> int:
+    cache_dir = Path(args.cache)
+    if not cache_dir.exists():
+        print(f"no execution cache at {cache_dir}")
+        return 0
+    print("chapter execution times (book preset, from the execution cache):")
+    for name, seconds in sorted(cached_timings(cache_dir).items()):
+        print(f"  {name:40s} {seconds:7.1f} s")
+    return 0
+
+
 # ---- entry point -----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="learning-dynamics", description="Run and check the book's chapters.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,check}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,check,timings}")
     sub.add_parser("list", help="chapters, their figures, presets and run times").set_defaults(func=cmd_list)
 
     run = sub.add_parser("run", help="execute one chapter into a folder (notebook, figures, claims.json)")
@@ -330,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="every chapter's claims as one table; non-zero exit on a failure")
     check.add_argument("dir", nargs="?", help="read claims.json files under DIR (default: the committed notebooks)")
     check.set_defaults(func=cmd_check)
+
+    timings = sub.add_parser("timings", help="each chapter's last execution time in the book build (make book prints it)")
+    timings.add_argument("cache", nargs="?", default="_build/.jupyter_cache", help="the book's execution cache")
+    timings.set_defaults(func=cmd_timings)
     return parser
 
 

@@ -305,12 +305,12 @@ def skill_runs(sampler, n_skills, *, init, lr, steps, n_seeds, seed, record_ever
     shape = (n_seeds, n_skills)
     ones = torch.ones(shape, dtype=torch.float64, device=device)
     layerwise = train(
-        diagonal_loss, {"a": init * ones, "b": init * ones}, sampler=sampler, steps=steps, lr=lr, seed=seed,
+        diagonal_loss, {"a": init * ones, "b": init * ones}, data=sampler, steps=steps, lr=lr, seed=seed,
         record=lambda p: {"coef": p["a"] * p["b"]}, record_every=record_every, desc="layerwise model",
         gradients=diagonal_grad_and_value,
     )
     linear = train(
-        linear_loss, {"theta": 0 * ones}, sampler=sampler, steps=steps, lr=lr, seed=seed + 1,
+        linear_loss, {"theta": 0 * ones}, data=sampler, steps=steps, lr=lr, seed=seed + 1,
         record=lambda p: {"coef": p["theta"]}, record_every=record_every, desc="linear model",
         gradients=linear_grad_and_value,
     )

@@ -187,7 +187,7 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
         masks = (u < keep[:, None, None, None]).to(dtype) / keep[:, None, None, None]
         return x, y, alpha, masks
 
-    result = train(loss, params, steps=steps, lr=rates, sampler=sampler, optimizer="adam", seed=noise_seed,
+    result = train(loss, params, steps=steps, lr=rates, data=sampler, optimizer="adam", seed=noise_seed,
                    desc="phase-diagram grid")
     log_d, accuracy = measure(result.params, alpha, data)
     return GridResult(times=result.times, steps=result.steps, records=result.records, params=result.params,

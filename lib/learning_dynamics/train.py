@@ -16,9 +16,9 @@ come from (after neural-tangents' ``implementation=`` argument):
 
 Optimisers are small objects with ``init(params)`` and
 ``update(params, grads, state, rates, step)``: :class:`GD` and :class:`Adam`
-(``optimizer="gd"`` and ``"adam"`` name their defaults). Data is either fixed
-(full-batch, ``data=``) or drawn afresh at every step (``sampler=``); either
-way it carries the network dimension in front. The learning rate may be a
+(``optimizer="gd"`` and ``"adam"`` name their defaults). ``data=`` is either fixed
+(a tuple of tensors, full batch) or a sampler drawing a fresh batch at every
+step; either way the batch carries the network dimension in front. The learning rate may be a
 scalar or one value per network. A step whose loss is not finite, or exceeds
 :data:`MAX_LOSS`, raises :class:`TrainingDiverged`: the trainer never returns
 NaN curves.
@@ -118,8 +118,7 @@ def train(
     *,
     steps: int,
     lr,
-    data: tuple | None = None,
-    sampler: Callable | None = None,
+    data: tuple | Callable,
     optimizer="gd",
     gradients="stacked",
     record: Callable | None = None,
@@ -142,8 +141,8 @@ def train(
         steps: optimiser steps.
         lr: a scalar or one learning rate per network.
         data: a tuple of tensors with the network dimension in front (use
-            ``expand`` to share), for full-batch training; or
-        sampler: ``sampler(generator, step)`` returning such a tuple per step.
+            ``expand`` to share), for full-batch training, or a sampler
+            ``data(generator, step)`` returning such a tuple at every step.
         optimizer: ``"gd"``, ``"adam"``, or an object with ``init`` and
             ``update`` (:class:`GD`, :class:`Adam`).
         gradients: ``"stacked"``, ``"vmap"``, or a closed-form
@@ -153,7 +152,7 @@ def train(
         record: ``record(params)`` returns a dict of stacked tensors to keep at
             steps 0, record_every, ... and at the final step.
         record_every: recording interval in steps.
-        seed: seed of the sampler's generator.
+        seed: seed of the sampler's generator (unused with a fixed batch).
         desc: label of the progress bar.
     """
     steps = check_int("steps", steps, low=1)
@@ -162,8 +161,8 @@ def train(
     if isinstance(optimizer, str):
         check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
         optimizer = OPTIMIZERS[optimizer]()
-    if (data is None) == (sampler is None):
-        raise ValueError("give exactly one of data= (full batch) or sampler= (fresh batch per step)")
+    if not (callable(data) or isinstance(data, tuple)):
+        raise ValueError(f"data must be a tuple of tensors (full batch) or a sampler(generator, step); got {type(data).__name__}")
     n = n_networks(params)
     first = next(iter(params.values()))
     clock = float(lr) if np.ndim(lr) == 0 else 1.0  # t = lr x step, or the step for per-network rates
@@ -179,7 +178,7 @@ def train(
     kept: dict[str, list] = {"loss": []}
     with small_problem(sum(p.numel() for p in params.values()), first.device):
         for step in progress(range(steps + 1), desc=desc, total=steps + 1):
-            batch = data if data is not None else sampler(generator, step)
+            batch = data(generator, step) if callable(data) else data
             grads, loss = step_fn(params, *batch)
             _check_finite(loss, step, MAX_LOSS)
             if step in recorded:

@@ -1,4 +1,4 @@
-"""Sphinx extension of the book (listed in _config.yml under extra_extensions).
+"""Sphinx extension of the book (listed in _config.yml under local_extensions).
 
 - Serves MathJax 3 from the pinned ``django-static-mathjax`` wheel instead of a
   CDN, so the book renders math offline (and in the browser test).
@@ -27,7 +27,7 @@ from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
-from .claims import GLUE_NAME, parse_glued, rounded
+from learning_dynamics.claims import GLUE_NAME, parse_glued, rounded
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class CoursePlan(SphinxDirective):
     has_content = True
 
     def run(self):
-        from .cli import ROOT, TIMINGS, read_timings
+        from learning_dynamics.cli import ROOT, TIMINGS, read_timings
 
         self.env.note_dependency(str(ROOT / TIMINGS))
         timings = read_timings()
