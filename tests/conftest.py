@@ -26,6 +26,8 @@ def build_book(out: Path) -> Path:
 
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "off"
+    local = config["sphinx"].get("local_extensions", {})  # paths are read relative to the config file
+    config["sphinx"]["local_extensions"] = {name: str(ROOT / path) for name, path in local.items()}
     config_path = out / "_config.yml"
     config_path.write_text(yaml.safe_dump(config))
     result = subprocess.run([str(JB), "build", str(ROOT), "--path-output", str(out), "--config", str(config_path), "-W", "--keep-going"],

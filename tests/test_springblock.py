@@ -118,3 +118,10 @@ def test_bad_closed_form_and_sde_inputs():
         springblock.second_order(0.1, 0.1, 0.0, dt=2.0, steps=10)
     with pytest.raises(ValueError, match="mass must be"):
         springblock.second_order(0.1, 0.1, 0.0, mass=0.0, steps=10)
+
+
+def test_the_chain_runs_on_the_cpu_only_and_says_so():
+    with pytest.raises(ValueError, match="device must be 'cpu'.*got 'cuda"):
+        springblock.first_order(0.1, 0.1, 0.0, steps=10, device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        springblock.second_order(0.1, 0.1, 0.0, steps=10, device="tpu")

@@ -22,7 +22,7 @@ from . import separation
 from .results import Run
 from .tasks import digits
 from .train import train
-from .validation import check_choice, check_float, check_generator, check_int, check_positive
+from .validation import check_choice, check_device, check_float, check_generator, check_int, check_positive
 
 NOISE_KINDS = ("data", "dropout", "lr")
 BN_EPS = 1e-5
@@ -125,7 +125,7 @@ class GridResult(Run):
 
 def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", width: int = 64, depth: int = 7,
                steps: int = 100, lr: float = 1e-3, dropout: float = 0.0, data_noise: float = 0.0,
-               seed: int = 0, dtype=torch.float32) -> GridResult:
+               seed: int = 0, dtype=torch.float32, device: str = "cpu") -> GridResult:
     """Train the alpha x noise x seed grid in ONE batched run (full-batch Adam) and measure every network.
 
     ``data = (x_train, y_train, x_test, y_test)``. ``noise_kind`` picks what
@@ -134,10 +134,15 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     step); the other knobs stay at ``lr``, ``dropout`` and ``data_noise``.
     Networks with the same seed index share their initialisation; the
     initialisation and the per-step noise come from independent streams
-    spawned from ``seed``.
+    spawned from ``seed``. Every network trains on ``device``, where ``data``
+    must already be (:func:`learning_dynamics.tasks.digits.load` takes ``device``).
     """
     check_choice("noise_kind", noise_kind, NOISE_KINDS)
     x_train, y_train, x_test, y_test = data
+    wanted = torch.device(check_device("device", device))
+    if any(t.device.type != wanted.type or wanted.index not in (None, t.device.index) for t in data):
+        raise ValueError(f"data must be on device {device!r}; got tensors on {sorted({str(t.device) for t in data})} "
+                         f"(load them with device={device!r})")
     alphas = np.asarray(alphas, dtype=np.float64)
     noises = np.asarray(noises, dtype=np.float64)
     if alphas.ndim != 1 or noises.ndim != 1 or not len(alphas) or not len(noises):
@@ -160,7 +165,6 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     grid_alpha, grid_noise, grid_seed = (g.ravel() for g in np.meshgrid(alphas, noises, np.arange(n_seeds),
                                                                           indexing="ij"))
     n = grid_alpha.size
-    device = x_train.device
     init_seed, noise_seed = (int(v) for v in np.random.SeedSequence(check_int("seed", seed, low=0)).generate_state(2))
     generator = check_generator(init_seed, device)
     base = init_params(n_seeds, n_in=x_train.shape[1], width=width, depth=depth, n_out=digits.N_CLASSES,

@@ -36,7 +36,7 @@ import numpy as np
 from . import separation
 from .results import Run
 from .train import progress
-from .validation import check_float, check_int, check_positive
+from .validation import check_device, check_float, check_int, check_positive
 
 
 @dataclass(kw_only=True)
@@ -92,12 +92,14 @@ def profile(d, pull: float) -> np.ndarray:
 
 def first_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 1.0, eta: float = 0.01,
                 steps: int = 10_000, pull: float = 1.0, replicas: int = 1, average_last: float = 0.5,
-                record_every: int = 0, seed: int = 0) -> ChainRun:
+                record_every: int = 0, seed: int = 0, device: str = "cpu") -> ChainRun:
     """Overdamped chain with asymmetric static friction and noise, every cell at once.
 
     ``mu_fwd``, ``mu_back`` and ``eps`` broadcast to the cell shape ``S``;
     each cell runs ``replicas`` independent chains from rest (``x = 0``).
+    The chain is a numpy simulation of a few blocks: ``device`` must be ``"cpu"``.
     """
+    _check_cpu(device)
     mu_fwd, mu_back, eps = _cells(mu_fwd=mu_fwd, mu_back=mu_back, eps=eps)
     n_blocks, steps, replicas, seed, k, eta, average_last = _chain_args(n_blocks, steps, replicas, seed, k, eta,
                                                                        average_last)
@@ -114,14 +116,15 @@ def first_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 1.0, eta:
 def second_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 0.1, mass: float = 1.0,
                  damping: float = 1.0, decay: float = 0.001, dt: float = 0.05, steps: int = 14_000,
                  pull: float = 1.0, replicas: int = 1, average_last: float = 0.05, record_every: int = 0,
-                 seed: int = 0) -> ChainRun:
+                 seed: int = 0, device: str = "cpu") -> ChainRun:
     """Blocks with mass, viscous damping, dry friction and noise decaying as ``eps exp(-decay t)``.
 
     Euler-Maruyama on ``m dv = (F - damping v) dt + eps e^{-decay t} dW``,
     ``dx = v dt``, with the dry-friction rule applied to the momentum of each
     step, so friction can stop a block but never reverse it (a stuck block
-    leaves only when its impulse beats the threshold).
+    leaves only when its impulse beats the threshold). ``device`` must be ``"cpu"``, as in :func:`first_order`.
     """
+    _check_cpu(device)
     mu_fwd, mu_back, eps = _cells(mu_fwd=mu_fwd, mu_back=mu_back, eps=eps)
     n_blocks, steps, replicas, seed, k, dt, average_last = _chain_args(n_blocks, steps, replicas, seed, k, dt,
                                                                       average_last, rate_name="dt")
@@ -196,6 +199,12 @@ def profile_large_noise(mu_fwd, mu_back, *, n_blocks: int = 7, k: float = 1.0, p
     slope = -(mu_back - mu_fwd) / (2 * k)
     j = np.arange(n_blocks + 1) - n_blocks / 2                           # centred spring index
     return pull / (n_blocks + 1) + slope[..., None] * j
+
+
+def _check_cpu(device) -> None:
+    if check_device("device", device) != "cpu":
+        raise ValueError(f"device must be 'cpu' for the spring-block chain (a numpy simulation of a few blocks, "
+                         f"which a GPU would not speed up); got {device!r}")
 
 
 def _cells(**values):
