@@ -29,7 +29,7 @@ def test_there_are_chapters():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
 
 
-MAX_CELL_LINES = 45  # the longest today: 42 (three_mechanisms' phase-diagram figure); the aim is about 30
+MAX_CELL_LINES = 30  # QuantEcon's pattern: a paragraph, a short compute cell, a captioned figure cell
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=ids)
@@ -49,6 +49,9 @@ def test_structure(notebook):
     assert "report(" in "".join(code[-1]["source"]), "the last code cell reports the claims"
     longest = max(len("".join(c["source"]).splitlines()) for c in code)
     assert longest <= MAX_CELL_LINES, f"a code cell of {longest} lines: split it (a compute cell, then a figure cell)"
+    for c in code:  # a figure's caption sits on the cell that draws it
+        assert ("figure" in c["metadata"].get("mystnb", {})) == ("plotting.show(" in "".join(c["source"])), \
+            "".join(c["source"])[:80]
     text = "".join("".join(c["source"]) for c in cells(notebook) if c["cell_type"] == "markdown")
     assert "{cite:" in text and ":::{exercise}" in text and ":::{solution}" in text
     solutions = re.findall(r":::\{solution\}[^\n]*\n((?::[a-z]+:[^\n]*\n)*)", text)
