@@ -49,11 +49,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
-from .spectra import effective_rank, leading_spectrum, partial_gram, participation_ratio, rademacher, \
+from .spectra import KEEP, effective_rank, leading_spectrum, partial_gram, participation_ratio, rademacher, \
     trajectory_singular_values
 from .threads import small_problem
 from .train import progress
-from .validation import check_choice, check_device, check_float, check_generator, check_int
+from .validation import Array, Device, InstanceOf, Integer, Options, Real, Seed, check_choice, check_device, \
+    check_generator, check_int, validate_params, value_text
 
 # ---------------------------------------------------------------------------
 # Recurrent steps F(h, x; theta)
@@ -128,13 +129,19 @@ class GRUStep(nn.Module):
 
 STEPS = {"rnn": RNNStep, "gru": GRUStep}
 
+# What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
+_STEP = InstanceOf(nn.Module, description="a torch.nn.Module (a recurrent step F(h, x) -> next h)")
+_THRESHOLD = Real(low=0.0, high=1.0, strict_low=True)
 
+
+@validate_params({"kind": Options(*STEPS), "n_in": Integer(low=1), "n_hidden": Integer(low=1)})
 def make_step(kind: str, n_in: int, n_hidden: int) -> nn.Module:
     """A vanilla RNN (``"rnn"``) or GRU (``"gru"``) step module."""
-    check_choice("kind", kind, tuple(STEPS))
     return STEPS[kind](n_in, n_hidden)
 
 
+@validate_params({"step": _STEP, "n_out": Integer(low=1), "n_networks": Integer(low=1), "seed": Seed(),
+                  "device": Device()})
 def init_params(
     step: nn.Module,
     n_out: int,
@@ -153,9 +160,6 @@ def init_params(
     as in the paper's sweep over g. The readout is ``readout_w`` (n_out, H)
     and ``readout_b`` (n_out,).
     """
-    n_networks = check_int("n_networks", n_networks, low=1)
-    n_out = check_int("n_out", n_out, low=1)
-    check_device("device", device)
     gen = check_generator(seed)
     hidden = step.n_hidden
     bound = 1.0 / math.sqrt(hidden)
@@ -184,7 +188,8 @@ def step_params(step: nn.Module, params: dict) -> dict[str, torch.Tensor]:
     names = [name for name, _ in step.named_parameters()]
     missing = [n for n in names if n not in params]
     if missing:
-        raise ValueError(f"params is missing the step parameters {missing}; it has {sorted(params)}")
+        raise ValueError(f"params must hold the step's parameters {names}; got {sorted(params)}, "
+                         f"missing the step parameters {missing}")
     return {n: params[n] for n in names}
 
 
@@ -209,7 +214,8 @@ def rollout(step: nn.Module, params: dict, inputs: torch.Tensor, h0=None, forcin
         def advance(h, t):
             return step.recur(theta, h, drives[t])
     elif stacked:
-        raise ValueError(f"stacked parameters need a step with drive() and recur(); {type(step).__name__} has none: vmap over networks")
+        raise ValueError(f"step must have drive() and recur() to run stacked parameters (inputs (N, B, T, n_in)); "
+                         f"got a {type(step).__name__}, which lacks them: vmap over networks instead")
     else:  # any module F(h, x): one functional call per step
         xs = inputs.unbind(1)
 
@@ -232,6 +238,7 @@ def readout(params: dict, hidden: torch.Tensor) -> torch.Tensor:
     return (rows @ params["readout_w"].mT + params["readout_b"][..., None, :]).reshape(*hidden.shape[:-1], -1)
 
 
+@validate_params({"step": _STEP})
 def mse_loss(step: nn.Module) -> Callable:
     """``loss(params, inputs, targets)``: mean squared error of the readout over all entries.
 
@@ -283,9 +290,10 @@ class KPFlow:
 
     def __init__(self, step: nn.Module, inputs, params: dict | None = None, h0=None, device: str | None = None):
         if not isinstance(step, nn.Module):
-            raise ValueError(f"step must be a torch.nn.Module F(h, x) -> next h; got {type(step).__name__}")
+            raise ValueError(f"step must be a torch.nn.Module F(h, x) -> next h; got {value_text(step)}")
         if not hasattr(step, "n_hidden"):
-            raise ValueError("step must expose n_hidden (the size of h), as RNNStep and GRUStep do")
+            raise ValueError(f"step must expose n_hidden (the size of h), as RNNStep and GRUStep do; "
+                             f"got a {type(step).__name__} without it")
         inputs = torch.as_tensor(inputs)
         if inputs.ndim != 3 or inputs.shape[0] < 1 or inputs.shape[1] < 1:
             raise ValueError(f"inputs must have shape (trials, time, n_in) with trials, time >= 1; got {tuple(inputs.shape)}")
@@ -311,8 +319,9 @@ class KPFlow:
             try:
                 probe = functional_call(step, self.params, (h0, self.inputs[:, 0]))
             except (RuntimeError, TypeError) as err:
-                raise ValueError(f"step is not a recurrent step F(h, x) -> next h for h {tuple(h0.shape)} "
-                                 f"and x {tuple(self.inputs[:, 0].shape)}: {err}") from err
+                raise ValueError(f"step must be a recurrent step F(h, x) -> next h for h {tuple(h0.shape)} and x "
+                                 f"{tuple(self.inputs[:, 0].shape)}; got a {type(step).__name__}, which is not a "
+                                 f"recurrent step for them: {err}") from err
             if not torch.is_tensor(probe) or probe.shape != h0.shape:
                 got = tuple(probe.shape) if torch.is_tensor(probe) else type(probe).__name__
                 raise ValueError(f"step must map h of shape {tuple(h0.shape)} to a next h of the same shape; got {got}")
@@ -413,7 +422,8 @@ class KPFlow:
         """dF/dtheta . dtheta at every (trial, time): parameter perturbation -> forcing (B, T, H)."""
         missing = set(self.params) - set(dtheta)
         if missing:
-            raise ValueError(f"dtheta is missing the parameters {sorted(missing)}")
+            raise ValueError(f"dtheta must hold every step parameter {sorted(self.params)}; got {sorted(dtheta)}, "
+                             f"missing {sorted(missing)}")
         tangent = {k: torch.as_tensor(dtheta[k]).to(self.hidden) for k in self.params}
         for k, v in tangent.items():
             if v.shape != self.params[k].shape:
@@ -478,8 +488,10 @@ class KPFlow:
 
 
 OPERATOR_NAMES = ("K", "K_adj", "P", "P_adj", "PKP", "PP")
+_OPS = InstanceOf(KPFlow, description="a KPFlow")
 
 
+@validate_params({"ops": _OPS})
 def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
     """The operators as dense matrices built from autograd Jacobians (reverse mode, ``torch.autograd.functional.jacobian``), toy sizes only.
 
@@ -490,7 +502,7 @@ def dense_reference(ops: KPFlow) -> dict[str, torch.Tensor]:
     """
     size = math.prod(ops.shape)
     if size > 4096:
-        raise ValueError(f"dense_reference is for toy sizes: B*T*H must be <= 4096; got {size}")
+        raise ValueError(f"ops must have B*T*H <= 4096 (dense_reference is for toy sizes); got {size}")
     zero = torch.zeros(ops.shape, dtype=ops.hidden.dtype, device=ops.hidden.device)
     prop = torch.autograd.functional.jacobian(ops.forced_rollout, zero, vectorize=True).reshape(size, size)
     names = list(ops.params)
@@ -518,6 +530,7 @@ def cosine_matrix(vectors) -> torch.Tensor:
     return unit @ unit.T
 
 
+@validate_params({"ops": _OPS})
 def task_alignment(ops: KPFlow, errors) -> torch.Tensor:
     """cos(P K P* e_A, P K P* e_B) for every pair of sub-task errors ``errors`` (n_tasks, B, T, H).
 
@@ -536,10 +549,11 @@ def pair_average(matrices, pairs) -> np.ndarray:
     """Mean of ``matrices[..., a, b]`` over the index pairs (a, b) in ``pairs``."""
     m = np.asarray(matrices)
     if not pairs:
-        raise ValueError("pairs must hold at least one (a, b) pair")
+        raise ValueError(f"pairs must hold at least one (a, b) pair; got {pairs!r}")
     return np.mean([m[..., a, b] for a, b in pairs], axis=0)
 
 
+@validate_params({"ops": _OPS})
 def gradient_alignment(ops: KPFlow, errors) -> torch.Tensor:
     """cos(dL_A/dtheta, dL_B/dtheta) for every pair of sub-task errors (n_tasks, B, T, H)."""
     errors = ops.check_trajectory(errors, "errors")
@@ -564,6 +578,7 @@ def operator_alignment(outputs_a: torch.Tensor, outputs_b: torch.Tensor) -> floa
 PARAM_PREFIX = "param/"
 
 
+@validate_params({"step": _STEP})
 def recorder(step: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Callable:
     """``record(params)`` for :func:`learning_dynamics.train.train` (parameters stacked over networks).
 
@@ -594,6 +609,8 @@ def _network_size(records: dict) -> int:
     return sum(math.prod(v.shape[2:]) for k, v in records.items() if k.startswith(PARAM_PREFIX))
 
 
+@validate_params({"step": _STEP, "k": Integer(low=1), "index": Integer(), "n_iter": Integer(low=0), "seed": Seed(),
+                  "device": Device()})
 def final_spectra(step: nn.Module, records: dict, inputs, k: int, *, index: int = -1, n_iter: int = 2, seed: int = 0,
                   dtype=torch.float32, device: str = "cpu") -> dict[str, np.ndarray]:
     """Leading singular values s_i / s_1 of the whole K, P and P K P* of every network at one record.
@@ -614,14 +631,18 @@ def final_spectra(step: nn.Module, records: dict, inputs, k: int, *, index: int 
     return {name: np.array(v) for name, v in out.items()}
 
 
+@validate_params({"index": Integer(), "network": Integer(low=0), "device": Device()})
 def checkpoint(records: dict, index: int, network: int, *, dtype=None, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The parameters of one network at one recorded step, from ``TrainResult.records``."""
+    """The parameters of one network at one recorded step, from a :class:`~learning_dynamics.results.Run`'s ``records``."""
     names = [k for k in records if k.startswith(PARAM_PREFIX)]
     if not names:
-        raise ValueError("records hold no parameters; train with record=recorder(...)")
+        raise ValueError(f"records must hold the parameters ('{PARAM_PREFIX}<name>' entries: train with "
+                         f"record=recorder(...)); got {sorted(records)}")
     return {k[len(PARAM_PREFIX):]: torch.as_tensor(records[k][index, network], dtype=dtype, device=device) for k in names}
 
 
+@validate_params({"ops": _OPS, "n_probes": Integer(low=1), "seed": Seed(), "keep": Options(*KEEP),
+                  "threshold": _THRESHOLD})
 def operator_ranks(ops: KPFlow, *, n_probes: int = 32, seed: int = 0, keep: str = "time",
                    threshold: float = 0.95) -> dict:
     """Effective ranks of K, P and P K P* seen through one index, from random +-1 probes.
@@ -643,6 +664,7 @@ def operator_ranks(ops: KPFlow, *, n_probes: int = 32, seed: int = 0, keep: str 
     return result
 
 
+@validate_params({"n_tasks": Integer(low=1)})
 def task_errors(params: dict, hidden: torch.Tensor, targets: torch.Tensor, task_index, n_tasks: int) -> torch.Tensor:
     """e_A = dL/dh restricted to the trials of task A, stacked: (n_tasks, B, T, H)."""
     task_index = torch.as_tensor(task_index, device=hidden.device)
@@ -653,12 +675,12 @@ def task_errors(params: dict, hidden: torch.Tensor, targets: torch.Tensor, task_
     return e[None] * masks[:, :, None, None].to(e.dtype)
 
 
+@validate_params({"step": _STEP, "lr": Real(low=0.0, strict_low=True)})
 def first_order_check(step: nn.Module, params: dict, inputs, targets, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted, actual) change of the hidden trajectory after one GD step of size ``lr``.
 
     predicted = -lr P K P* e; actual = h(theta - lr dL/dtheta) - h(theta).
     """
-    lr = check_float("lr", lr, low=0.0, strict_low=True)
     inputs, targets = torch.as_tensor(inputs), torch.as_tensor(targets)
     want = (*inputs.shape[:2], params["readout_w"].shape[0])
     if targets.shape != want:
@@ -673,6 +695,7 @@ def first_order_check(step: nn.Module, params: dict, inputs, targets, lr: float)
     return predicted, actual
 
 
+@validate_params({"step": _STEP, "lrs": Array(positive=True)})
 def first_order_errors(step: nn.Module, params: dict, inputs, targets, lrs) -> np.ndarray:
     """Relative error ||actual - predicted|| / ||actual|| of :func:`first_order_check` at each step size in ``lrs``."""
     errors = []
@@ -682,6 +705,8 @@ def first_order_errors(step: nn.Module, params: dict, inputs, targets, lrs) -> n
     return np.array(errors)
 
 
+@validate_params({"step": _STEP, "every": Integer(low=1), "n_probes": Integer(low=1), "seed": Seed(),
+                  "keep": Options(*KEEP), "threshold": _THRESHOLD, "device": Device()})
 def rank_history(step: nn.Module, records: dict, inputs, *, every: int = 1, n_probes: int = 32, seed: int = 0,
                  keep: str = "time", threshold: float = 0.95, dtype=None, device: str = "cpu") -> dict:
     """:func:`operator_ranks` of every network at every ``every``-th record of a training run.
@@ -690,7 +715,6 @@ def rank_history(step: nn.Module, records: dict, inputs, *, every: int = 1, n_pr
     ranks), ``alignment_PKP_PP``, the ``index`` of the records used, and the
     reduced-Gram spectra ``spectra[name]`` (checkpoint, network, size).
     """
-    every = check_int("every", every, low=1)
     n_records = next(iter(records.values())).shape[0]
     n_nets = next(v for k, v in records.items() if k.startswith(PARAM_PREFIX)).shape[1]
     index = sorted(set(range(0, n_records, every)) | {n_records - 1})
@@ -708,6 +732,7 @@ def rank_history(step: nn.Module, records: dict, inputs, *, every: int = 1, n_pr
     return out
 
 
+@validate_params({"step": _STEP, "n_tasks": Integer(low=1), "device": Device()})
 def alignment_history(step: nn.Module, records: dict, inputs, targets, task_index, n_tasks: int, *,
                       dtype=None, device: str = "cpu") -> dict:
     """Sub-task alignment matrices of every network at every record of a multi-task run.

@@ -26,9 +26,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .validation import check_int
+from .validation import Boolean, Integer, Optional, validate_params, value_text
 
 
+@validate_params({"n_classes": Optional(Integer(low=2))})
 def log_separation(h, labels, *, n_classes: int | None = None) -> np.ndarray:
     """``log Tr Sigma_W - log Tr Sigma_B`` of representations ``h`` (..., N, F), in float64.
 
@@ -42,28 +43,27 @@ def log_separation(h, labels, *, n_classes: int | None = None) -> np.ndarray:
     if h.ndim < 2:
         raise ValueError(f"h must have shape (..., n_samples, n_features); got shape {tuple(h.shape)}")
     if not bool(torch.isfinite(h).all()):
-        raise ValueError("h must be finite; got non-finite entries")
+        raise ValueError(f"h must be finite; got {value_text(h)}, with non-finite entries")
     n = h.shape[-2]
     if labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(f"labels must have shape ({n},) (one per sample of h); got {tuple(labels.shape)}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integers; got dtype {labels.dtype}")
     if n == 0:
-        raise ValueError("h has no samples; need n_samples >= n_classes >= 2")
+        raise ValueError(f"h must have n_samples >= n_classes >= 2; got shape {tuple(h.shape)}, with no samples")
     if int(labels.min()) < 0:
         raise ValueError(f"labels must be >= 0; got minimum {int(labels.min())}")
     if n_classes is None:
         n_classes = int(labels.max()) + 1
         if n_classes < 2:
-            raise ValueError("labels hold a single class; separation needs at least 2 classes")
-    n_classes = check_int("n_classes", n_classes, low=2)
+            raise ValueError(f"labels must hold at least 2 classes; got a single class ({int(labels.max())})")
     if int(labels.max()) >= n_classes:
         raise ValueError(f"labels must be < n_classes = {n_classes}; got maximum {int(labels.max())}")
     if n < n_classes:
-        raise ValueError(f"h has fewer samples ({n}) than classes ({n_classes}); need n_samples >= n_classes")
+        raise ValueError(f"h must have n_samples >= n_classes = {n_classes}; got fewer samples ({n}) than classes")
     present = torch.bincount(labels, minlength=n_classes)
     if int((present > 0).sum()) < 2:
-        raise ValueError("labels hold a single class; separation needs at least 2 classes")
+        raise ValueError(f"labels must hold at least 2 classes; got a single class ({int(labels.max())})")
 
     onehot = torch.nn.functional.one_hot(labels.long(), n_classes).to(h.device, torch.float64)  # (N, C)
     counts = onehot.sum(0)                                                                       # (C,)
@@ -87,6 +87,7 @@ def normalised_profile(log_d) -> np.ndarray:
     return (log_d - log_d[..., -1:]) / _total_drop(log_d)[..., None]
 
 
+@validate_params({"normalise": Boolean()})
 def curvature(log_d, *, normalise: bool = True) -> np.ndarray:
     """``c = d_1 - d_L`` (first load minus last), divided by ``log D_0 - log D_L`` when ``normalise``.
 
@@ -99,22 +100,25 @@ def curvature(log_d, *, normalise: bool = True) -> np.ndarray:
 
 
 def _profile(log_d) -> np.ndarray:
+    given = log_d
     log_d = np.asarray(log_d, dtype=np.float64)
     if log_d.ndim < 1 or log_d.shape[-1] < 3:
         raise ValueError(f"log_d must hold at least 3 layers (2 loads) on its last axis; got shape {log_d.shape}")
     if not np.all(np.isfinite(log_d)):
-        raise ValueError("log_d must be finite; a layer with identical classes (+inf) or collapsed classes (-inf) "
-                         "has no load curve")
+        raise ValueError(f"log_d must be finite (a layer with identical classes (+inf) or collapsed classes (-inf) "
+                         f"has no load curve); got {value_text(given, log_d)}")
     return log_d
 
 
 def _total_drop(log_d: np.ndarray) -> np.ndarray:
     drop = log_d[..., 0] - log_d[..., -1]
     if np.any(drop == 0):
-        raise ValueError("log_d has no net separation (log D_0 == log D_L); the profile cannot be normalised")
+        raise ValueError(f"log_d must have a net separation (log D_0 != log D_L) to be normalised; got "
+                         f"{value_text(log_d)}, with no net separation")
     return drop
 
 
+@validate_params({"every_marker": Integer(low=1)})
 def profile_grid(fig, profiles, *, row_labels, col_labels, shade=None, cmap="Greys_r", vmin=None, vmax=None,
                  shade_label="", row_title="", col_title="", every_marker: int = 1):
     """A phase diagram of load curves: one small panel per cell, shaded by ``shade``.
@@ -133,7 +137,8 @@ def profile_grid(fig, profiles, *, row_labels, col_labels, shade=None, cmap="Gre
         raise ValueError(f"profiles must have shape (rows, cols, layers); got {profiles.shape}")
     rows, cols, n_points = profiles.shape
     if len(row_labels) != rows or len(col_labels) != cols:
-        raise ValueError(f"need {rows} row labels and {cols} column labels; got {len(row_labels)} and {len(col_labels)}")
+        raise ValueError(f"row_labels and col_labels must have {rows} and {cols} entries (the rows and columns of "
+                         f"profiles); got {len(row_labels)} and {len(col_labels)}")
     axes = np.atleast_2d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False))
     layers = np.arange(n_points)
     norm = None
@@ -172,7 +177,7 @@ def spearman(a, b) -> float:
     """
     a, b = np.ravel(np.asarray(a, dtype=np.float64)), np.ravel(np.asarray(b, dtype=np.float64))
     if a.shape != b.shape or a.size < 2:
-        raise ValueError(f"spearman needs two samples of the same length >= 2; got {a.size} and {b.size}")
+        raise ValueError(f"a and b must be two samples of the same length >= 2; got lengths {a.size} and {b.size}")
     return float(np.corrcoef(_average_ranks(a), _average_ranks(b))[0, 1])
 
 

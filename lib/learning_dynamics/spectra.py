@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 import torch
 
-from .validation import check_choice, check_float, check_generator, check_int
+from .validation import Device, Integer, Optional, Options, Real, Seed, check_generator, validate_params
+from .validation import Callable as AnyCallable
 
 
+@validate_params({"n": Integer(low=1), "seed": Seed(), "device": Device()})
 def rademacher(n: int, shape, *, seed: int = 0, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
     """``n`` random +-1 probes of ``shape`` (drawn on the CPU from ``seed``, so every device sees the same)."""
-    n = check_int("n", n, low=1)
     gen = check_generator(seed)
     signs = torch.randint(0, 2, (n, *shape), generator=gen).to(dtype) * 2 - 1
     return signs.to(device)
@@ -30,6 +31,7 @@ def rademacher(n: int, shape, *, seed: int = 0, dtype=torch.float64, device: str
 KEEP = {"hidden": 2, "time": 1, "trial": 0}
 
 
+@validate_params({"keep": Options(*KEEP)})
 def partial_gram(outputs: torch.Tensor, keep: str = "hidden") -> torch.Tensor:
     """The Gram of an operator A seen through one index, from A applied to random probes.
 
@@ -40,7 +42,6 @@ def partial_gram(outputs: torch.Tensor, keep: str = "hidden") -> torch.Tensor:
     occupy), ``"time"`` (T x T) or ``"trial"`` (B x B). Its eigenvalues are the
     squared singular values of A seen through that index.
     """
-    check_choice("keep", keep, tuple(KEEP))
     if outputs.ndim != 4:
         raise ValueError(f"outputs must have shape (n_probes, trials, time, hidden); got {tuple(outputs.shape)}")
     axis = KEEP[keep] + 1
@@ -48,13 +49,13 @@ def partial_gram(outputs: torch.Tensor, keep: str = "hidden") -> torch.Tensor:
     return y.T @ y / outputs.shape[0]
 
 
+@validate_params({"threshold": Real(low=0.0, high=1.0, strict_low=True)})
 def effective_rank(singular_values, threshold: float = 0.95) -> torch.Tensor:
     """The number of leading singular values that carry ``threshold`` of the squared spectrum.
 
     The paper's effective rank (threshold 0.95). Works over any leading
     (batch) dimensions; values are sorted inside.
     """
-    threshold = check_float("threshold", threshold, low=0.0, high=1.0, strict_low=True)
     s = torch.as_tensor(singular_values)
     if s.ndim < 1 or s.shape[-1] < 1:
         raise ValueError(f"singular_values must have at least one entry; got shape {tuple(s.shape)}")
@@ -78,6 +79,8 @@ def trajectory_singular_values(hidden: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(flat - flat.mean(-2, keepdim=True))
 
 
+@validate_params({"apply": AnyCallable(), "k": Integer(low=1), "adjoint": Optional(AnyCallable()),
+                  "oversample": Integer(low=0), "n_iter": Integer(low=0), "seed": Seed(), "device": Device()})
 def leading_spectrum(apply: Callable, shape, k: int, *, adjoint: Callable | None = None, oversample: int = 10,
                      n_iter: int = 3, seed: int = 0, dtype=torch.float64, device: str = "cpu") -> torch.Tensor:
     """Top-``k`` singular values of a matrix-free operator by randomised SVD (Halko et al. 2011).
@@ -90,9 +93,6 @@ def leading_spectrum(apply: Callable, shape, k: int, *, adjoint: Callable | None
     faster for slowly decaying spectra (Musco & Musco 2015), and returns the
     absolute eigenvalues.
     """
-    k = check_int("k", k, low=1)
-    n_iter = check_int("n_iter", n_iter, low=0)
-    oversample = check_int("oversample", oversample, low=0)
     size = math.prod(shape)
     width = min(k + oversample, size)
     gen = check_generator(seed)

@@ -11,17 +11,18 @@ import numpy as np
 import torch
 
 from ..linear import whiten
-from ..validation import check_float, check_int, check_positive
+from ..validation import Device, Integer, Real, check_int, validate_params
 
 
+@validate_params({"n_skills": Integer(low=1), "alpha": Real(low=0.0)})
 def skill_frequencies(n_skills: int, alpha: float) -> np.ndarray:
     """Power-law skill frequencies p_k proportional to k^-(alpha + 1), summing to 1."""
-    n_skills = check_int("n_skills", n_skills, low=1)
-    alpha = check_float("alpha", alpha, low=0.0)
     weights = np.arange(1, n_skills + 1, dtype=np.float64) ** -(alpha + 1.0)
     return weights / weights.sum()
 
 
+@validate_params({"strength": Real(low=0.0, strict_low=True), "n_networks": Integer(low=1),
+                  "batch_size": Integer(low=1), "device": Device()})
 def skill_sampler(frequencies, strength: float, n_networks: int, batch_size: int, dtype=torch.float64, device="cpu"):
     """Online skill data: each sample exercises one skill k ~ p, with x = e_k and y = S.
 
@@ -30,9 +31,6 @@ def skill_sampler(frequencies, strength: float, n_networks: int, batch_size: int
     (x, y) of shapes (n_networks, batch, K) and (n_networks, batch), a fresh
     batch per network and step, as :func:`learning_dynamics.train.train` expects.
     """
-    strength = check_positive("strength", strength)
-    n_networks = check_int("n_networks", n_networks, low=1)
-    batch_size = check_int("batch_size", batch_size, low=1)
     probs = torch.as_tensor(frequencies, dtype=dtype, device=device)
     n_skills = probs.numel()
 
@@ -46,6 +44,8 @@ def skill_sampler(frequencies, strength: float, n_networks: int, batch_size: int
     return sample
 
 
+@validate_params({"n_samples": Integer(low=2), "in_dim": Integer(low=1), "out_dim": Integer(low=1),
+                  "seed": Integer(low=0)})
 def random_regression(n_samples: int, in_dim: int, out_dim: int, seed: int, singular_values=None):
     """Whitened Gaussian inputs X (in x N, X X^T / N = I) and Gaussian targets Y (out x N).
 
@@ -58,7 +58,7 @@ def random_regression(n_samples: int, in_dim: int, out_dim: int, seed: int, sing
     the kernel even in the rich regime.
     """
     n_samples = check_int("n_samples", n_samples, low=in_dim + 1)
-    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    rng = np.random.default_rng(seed)
     x = whiten(rng.standard_normal((in_dim, n_samples)))
     y = rng.standard_normal((out_dim, n_samples))
     if singular_values is None:

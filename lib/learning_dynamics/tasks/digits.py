@@ -15,20 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..validation import check_int
+from ..validation import Device, Integer, validate_params
 
 N_CLASSES = 10
 N_SAMPLES = 1797
 
 
+@validate_params({"n_train": Integer(low=N_CLASSES, high=N_SAMPLES - N_CLASSES), "seed": Integer(low=0),
+                  "device": Device()})
 def load(n_train: int = 1200, *, seed: int = 0, dtype=torch.float32, device="cpu"):
     """``(x_train, y_train, x_test, y_test)``: pixels in [0, 1] as (N, 64), integer labels as (N,).
 
     The split is a seeded permutation of all 1,797 images; the test set is
     everything not used for training.
     """
-    n_train = check_int("n_train", n_train, low=N_CLASSES, high=N_SAMPLES - N_CLASSES)
-    seed = check_int("seed", seed, low=0)
     pixels, labels = _bundled_digits()
     order = np.random.default_rng(seed).permutation(len(labels))
     x = torch.as_tensor(pixels[order] / 16.0, dtype=dtype, device=device)
@@ -53,7 +53,7 @@ def data_noise(x, y, level, generator: torch.Generator):
     """
     level = torch.as_tensor(level, dtype=x.dtype, device=x.device)
     if level.ndim != 1:
-        raise ValueError(f"level must have shape (n_networks,); got {tuple(level.shape)}")
+        raise ValueError(f"level must have shape (n_networks,); got shape {tuple(level.shape)}")
     if bool((level < 0).any()) or bool((level > 1).any()):
         raise ValueError(f"level must lie in [0, 1] (a fraction of labels); got range "
                          f"[{float(level.min())}, {float(level.max())}]")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..gated import GDLN, GatedData, gated_data, side_by_side
-from ..validation import check_array, check_int, check_positive
+from ..validation import Array, Integer, Optional, Real, check_int, check_positive, validate_params, value_text
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,13 @@ class GatedTask:
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"depth": Integer(low=1, high=8)})
 def tree_features(depth: int) -> np.ndarray:
     """Features x items of a binary tree with 2**depth leaf items: feature f is on for item i if node f is an ancestor of i (or i).
 
     Rows are the tree's nodes in level order (root first), so the matrix has
     2**(depth+1) - 1 rows.
     """
-    depth = check_int("depth", depth, low=1, high=8)
     n_items = 2**depth
     rows = []
     for level in range(depth + 1):
@@ -77,9 +77,9 @@ def routing_targets() -> np.ndarray:
     return np.vstack([np.full((1, 4), 6.0), [[4, 4, 0, 0], [0, 0, 4, 4]], 3 * np.eye(4)])
 
 
+@validate_params({"features": Array(ndim=2), "tol": Real(low=0.0)})
 def modes_of(features: np.ndarray, tol: float = 1e-10):
     """(U, s, V) of a features x items matrix, keeping the modes with s > tol s_max."""
-    features = check_array("features", features, ndim=2)
     u, s, vt = np.linalg.svd(features, full_matrices=False)
     keep = s > tol * s[0]
     return u[:, keep], s[keep], vt[keep].T
@@ -90,10 +90,10 @@ def modes_of(features: np.ndarray, tol: float = 1e-10):
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"depth": Integer(low=1, high=8), "hidden": Integer(low=1)})
 def tree_task(depth: int = 3, hidden: int = 16) -> GatedTask:
     """Two-layer linear network x -> h -> y on the tree's items, loss 1/2 sum_items |y - W2 W1 x|^2."""
     features = tree_features(depth)
-    hidden = check_int("hidden", hidden, low=1)
     n_features, n_items = features.shape
     net = GDLN({"x": n_items, "h": hidden, "y": n_features}, {"W1": ("x", "h"), "W2": ("h", "y")})
     data = gated_data(net, {"x": np.eye(n_items)}, {"y": features.T})
@@ -106,6 +106,7 @@ def tree_task(depth: int = 3, hidden: int = 16) -> GatedTask:
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"n_modules": Integer(low=1), "n_trained": Integer(low=1)})
 def routing_gate(n_modules: int, n_trained: int) -> np.ndarray:
     """Which (input, output) module pairs are trained: the authors' "K_plus_minus_mod" gate.
 
@@ -113,7 +114,6 @@ def routing_gate(n_modules: int, n_trained: int) -> np.ndarray:
     -floor((K-1)/2) to floor(K/2); K = 4 gives i-1, i, i+1, i+2. Returns a
     boolean (M, M) matrix, K trained pairs per row and per column.
     """
-    n_modules = check_int("n_modules", n_modules, low=1)
     n_trained = check_int("n_trained", n_trained, low=1, high=n_modules)
     gate = np.zeros((n_modules, n_modules), dtype=bool)
     for i in range(n_modules):
@@ -122,6 +122,7 @@ def routing_gate(n_modules: int, n_trained: int) -> np.ndarray:
     return gate
 
 
+@validate_params({"hidden": Integer(low=1), "features": Optional(Array(ndim=2))})
 def routing_task(gate, hidden: int = 64, features=None) -> GatedTask:
     """M input modules -> shared hidden pathway -> M output modules, trained on the pairs flagged by ``gate``.
 
@@ -133,11 +134,11 @@ def routing_task(gate, hidden: int = 64, features=None) -> GatedTask:
     and features, so each sample weighs 2 / (items x features). ``test`` holds
     every pair, with group id i M + j.
     """
+    given = gate
     gate = np.asarray(gate, dtype=bool)
     if gate.ndim != 2 or gate.shape[0] != gate.shape[1] or not gate.any():
-        raise ValueError(f"gate must be a square boolean (M, M) matrix with a trained pair; got shape {gate.shape}")
-    features = routing_targets() if features is None else check_array("features", features, ndim=2)
-    hidden = check_int("hidden", hidden, low=1)
+        raise ValueError(f"gate must be a square boolean (M, M) matrix with a trained pair; got {value_text(given, gate)}")
+    features = routing_targets() if features is None else features
     m = gate.shape[0]
     n_out, n_items = features.shape
     nodes = {**{f"x{i}": n_items for i in range(m)}, "h1": hidden, "h2": hidden, **{f"y{j}": n_out for j in range(m)}}
@@ -194,6 +195,7 @@ def routing_pair_errors(task: GatedTask, params: dict[str, torch.Tensor]) -> tor
 HAAR_4 = np.array([[1, 1, 1, 1], [1, 1, -1, -1], [np.sqrt(2), -np.sqrt(2), 0, 0], [0, 0, np.sqrt(2), -np.sqrt(2)]]).T / 2.0
 
 
+@validate_params({"n_contexts": Integer(low=1)})
 def context_targets(n_contexts: int, strengths=(3.0, 2.0, 1.5)) -> np.ndarray:
     """Features x items for each context, shape (C, 4, 4): Y_c = diag(s_c) V^T on four hierarchical items.
 
@@ -203,7 +205,6 @@ def context_targets(n_contexts: int, strengths=(3.0, 2.0, 1.5)) -> np.ndarray:
     (within-group contrasts) have strength +s_spec in even contexts and
     -s_spec in odd ones: the context-specific structure.
     """
-    n_contexts = check_int("n_contexts", n_contexts, low=1)
     if len(strengths) != 3:
         raise ValueError(f"strengths must hold 3 values (all items, group, within-group); got {strengths!r}")
     s_all, s_group, s_spec = (check_positive(f"strengths[{k}]", s) for k, s in enumerate(strengths))
@@ -212,6 +213,8 @@ def context_targets(n_contexts: int, strengths=(3.0, 2.0, 1.5)) -> np.ndarray:
     return np.einsum("ca,ia->cai", s, HAAR_4)
 
 
+@validate_params({"n_contexts": Integer(low=1), "n_slots": Optional(Integer(low=1)),
+                  "shared_depth": Integer(low=1, high=6), "hidden": Integer(low=4)})
 def context_task(n_contexts: int, n_slots: int | None = None, shared_depth: int = 2, hidden: int = 8,
                  strengths=(3.0, 2.0, 1.5)) -> GatedTask:
     """One shared pathway and one private pathway per context between items x and features y.
@@ -223,10 +226,7 @@ def context_task(n_contexts: int, n_slots: int | None = None, shared_depth: int 
     ones get zero-weight samples) so that networks with different numbers of
     contexts can be stacked and trained together.
     """
-    n_contexts = check_int("n_contexts", n_contexts, low=1)
     n_slots = check_int("n_slots", n_contexts if n_slots is None else n_slots, low=n_contexts)
-    shared_depth = check_int("shared_depth", shared_depth, low=1, high=6)
-    hidden = check_int("hidden", hidden, low=4)
     nodes = {"x": 4, **{f"s{k}": hidden for k in range(1, shared_depth)}, **{f"c{c}": hidden for c in range(n_slots)}, "y": 4}
     chain = ["x"] + [f"s{k}" for k in range(1, shared_depth)] + ["y"]
     edges = {f"shared{k + 1}": (chain[k], chain[k + 1]) for k in range(shared_depth)}

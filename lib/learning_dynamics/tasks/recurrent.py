@@ -19,7 +19,8 @@ import math
 
 import torch
 
-from ..validation import check_choice, check_float, check_generator, check_int
+from ..validation import Boolean, Device, Integer, Real, Seed, check_choice, check_generator, validate_params
+from ..validation import Callable as AnyCallable
 
 PAPER_NOISE = 0.1 * math.sqrt(2.0)
 MEMORY_TASKS = ("MP", "MA", "DP", "DA")  # memory-pro, memory-anti, delay-pro, delay-anti
@@ -29,28 +30,29 @@ PRO_ANTI_PAIRS = ((0, 2), (1, 3))
 DELAY_MEMORY_PAIRS = ((0, 1), (2, 3))
 
 
+@validate_params({"n_trials": Integer(low=1), "uniform": Boolean(), "generator": Seed()})
 def task_angles(n_trials: int, *, uniform: bool, generator=0, dtype=torch.float64) -> torch.Tensor:
     """``n_trials`` stimulus angles: evenly spaced on [0, 2 pi) or uniformly random."""
-    n_trials = check_int("n_trials", n_trials, low=1)
     if uniform:
         return torch.arange(n_trials, dtype=dtype) * (2 * math.pi / n_trials)
     gen = check_generator(generator)
     return torch.rand(n_trials, generator=gen, dtype=torch.float64, device=gen.device).to(dtype) * 2 * math.pi
 
 
+_DURATIONS = {"t_stim": Integer(low=1), "t_memory": Integer(low=0), "t_response": Integer(low=1)}
+
+
+@validate_params({**_DURATIONS, "anti": Boolean(), "delay": Boolean(), "noise": Real(low=0.0), "generator": Seed()})
 def memory_task(angles, t_stim: int, t_memory: int, t_response: int, *, anti: bool = False, delay: bool = False,
                 noise: float = 0.0, generator=0) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs (B, T, 3) and targets (B, T, 3) of memory/delay-pro/anti for the given angles (B,).
 
     T = t_stim + t_memory + t_response.
     """
-    t_stim = check_int("t_stim", t_stim, low=1)
-    t_memory = check_int("t_memory", t_memory, low=0)
-    t_response = check_int("t_response", t_response, low=1)
-    noise = check_float("noise", noise, low=0.0)
     angles = torch.as_tensor(angles)
     if angles.ndim != 1 or not angles.is_floating_point():
-        raise ValueError(f"angles must be a 1-d float tensor of stimulus angles; got shape {tuple(angles.shape)}")
+        raise ValueError(f"angles must be a 1-d float tensor of stimulus angles; got shape {tuple(angles.shape)}, "
+                         f"dtype {angles.dtype}")
     steps = t_stim + t_memory + t_response
     respond = t_stim + t_memory
     time = torch.arange(steps, device=angles.device)
@@ -66,6 +68,8 @@ def memory_task(angles, t_stim: int, t_memory: int, t_response: int, *, anti: bo
     return x, y
 
 
+@validate_params({"n_trials": Integer(low=1), **_DURATIONS, "noise": Real(low=0.0), "uniform": Boolean(),
+                  "generator": Seed()})
 def memory_pro(n_trials: int, t_stim: int, t_memory: int, t_response: int, *, noise: float = PAPER_NOISE,
                uniform: bool = False, generator=0, dtype=torch.float64):
     """Memory-pro trials (the paper's Experiment 1): random angles (or evenly spaced with uniform=True)."""
@@ -74,6 +78,8 @@ def memory_pro(n_trials: int, t_stim: int, t_memory: int, t_response: int, *, no
     return memory_task(angles, t_stim, t_memory, t_response, noise=noise, generator=gen)
 
 
+@validate_params({"n_per_task": Integer(low=1), "t_context": Integer(low=1), **_DURATIONS, "noise": Real(low=0.0),
+                  "uniform": Boolean(), "generator": Seed(), "cue_throughout": Boolean()})
 def memory_multitask(n_per_task: int, t_context: int, t_stim: int, t_memory: int, t_response: int, *,
                      tasks=MEMORY_TASKS, noise: float = PAPER_NOISE, uniform: bool = False, generator=0,
                      cue_throughout: bool = False, dtype=torch.float64):
@@ -84,10 +90,9 @@ def memory_multitask(n_per_task: int, t_context: int, t_stim: int, t_memory: int
     trial i of one task and trial i of another see the same stimulus and
     their hidden states can be compared entry by entry.
     """
-    t_context = check_int("t_context", t_context, low=1)
     tasks = tuple(tasks)
-    for name in tasks:
-        check_choice("tasks", name, MEMORY_TASKS)
+    for k, name in enumerate(tasks):
+        check_choice(f"tasks[{k}]", name, MEMORY_TASKS)
     gen = check_generator(generator)
     angles = task_angles(n_per_task, uniform=uniform, generator=gen, dtype=dtype)
     xs, ys = [], []
@@ -100,18 +105,17 @@ def memory_multitask(n_per_task: int, t_context: int, t_stim: int, t_memory: int
         xs.append(torch.cat([torch.cat([context, x], 1), cue], -1))
         ys.append(torch.cat([context, y], 1))
     x, y = torch.cat(xs), torch.cat(ys)
-    if check_float("noise", noise, low=0.0) > 0:
+    if noise > 0:
         x = x + noise * torch.randn(x.shape, generator=gen, dtype=dtype, device=gen.device).to(x.device)
     task_index = torch.arange(len(tasks)).repeat_interleave(n_per_task)
     return x, y, task_index
 
 
+@validate_params({"n_trials": Integer(low=1), "steps": Integer(low=1), "n_bits": Integer(low=1),
+                  "rate": Real(low=0.0, high=1.0), "noise": Real(low=0.0), "generator": Seed()})
 def flip_flop(n_trials: int, steps: int, *, n_bits: int = 3, rate: float = 0.05, noise: float = 0.0,
               generator=0, dtype=torch.float64):
     """The n-bit flip-flop: +-1 pulses arrive at rate ``rate`` per step; each output holds its last pulse."""
-    n_trials, steps = check_int("n_trials", n_trials, low=1), check_int("steps", steps, low=1)
-    n_bits = check_int("n_bits", n_bits, low=1)
-    rate = check_float("rate", rate, low=0.0, high=1.0)
     gen = check_generator(generator)
     shape = (n_trials, steps, n_bits)
     fire = torch.rand(shape, generator=gen, dtype=torch.float64, device=gen.device) < rate
@@ -120,11 +124,13 @@ def flip_flop(n_trials: int, steps: int, *, n_bits: int = 3, rate: float = 0.05,
     time = torch.arange(1, steps + 1, device=x.device)[None, :, None]
     last = torch.cummax(fire * time, dim=1).values  # index (1-based) of the latest pulse, 0 if none yet
     held = torch.gather(torch.cat([torch.zeros_like(x[:, :1]), x], 1), 1, last)
-    if check_float("noise", noise, low=0.0) > 0:
+    if noise > 0:
         x = x + noise * torch.randn(shape, generator=gen, dtype=dtype, device=gen.device)
     return x, held
 
 
+@validate_params({"make_batch": AnyCallable(), "n_networks": Integer(low=1), "n_trials": Integer(low=1),
+                  "device": Device()})
 def sampler(make_batch, n_networks: int, n_trials: int, device: str = "cpu"):
     """``sampler(generator, step)`` for :func:`learning_dynamics.train.train`: fresh trials every step.
 
@@ -135,8 +141,6 @@ def sampler(make_batch, n_networks: int, n_trials: int, device: str = "cpu"):
     ordered by task (as :func:`memory_multitask` makes it) gives every
     network its share of every task. Shapes: (n_networks, n_trials, ...).
     """
-    n_networks = check_int("n_networks", n_networks, low=1)
-    n_trials = check_int("n_trials", n_trials, low=1)
 
     def sample(generator, step):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
