@@ -201,7 +201,7 @@ def test_operator_ranks_and_histories_run_on_a_short_training():
     params0 = O.init_params(step, 3, n_networks=2, g=[0.5, 2.0], seed=0, dtype=torch.float32)
     sampler = R.sampler(lambda n, gen: R.memory_pro(n, 2, 2, 3, generator=gen, dtype=torch.float32), 2, 8)
     x, y = R.memory_pro(4, 2, 2, 3, noise=0.0, uniform=True, dtype=torch.float32)
-    run = train(O.mse_loss(step), params0, steps=6, lr=1e-2, optimizer="adam", sampler=sampler,
+    run = train(O.mse_loss(step), params0, steps=6, lr=1e-2, optimizer="adam", data=sampler,
                 record=O.recorder(step, x, y), record_every=3)
     assert run.records["hidden_rank"].shape == (3, 2)
     ranks = O.rank_history(step, run.records, x, every=2, n_probes=4)
@@ -325,7 +325,7 @@ for kind in ("gru", "rnn"):
 from learning_dynamics.train import train
 stacked = O.init_params(step, 3, n_networks=2, g=[0.5, 2.0], dtype=torch.float32)
 sampler = R.sampler(lambda n, gen: R.memory_pro(n, 2, 1, 2, generator=gen, dtype=torch.float32), 2, 4)
-train(O.mse_loss(step), stacked, steps=2, lr=1e-2, optimizer="adam", sampler=sampler,
+train(O.mse_loss(step), stacked, steps=2, lr=1e-2, optimizer="adam", data=sampler,
       record=O.recorder(step, x.float(), y.float()))
 print("torch._dynamo" in sys.modules)
 """
