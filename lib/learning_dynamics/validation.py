@@ -49,8 +49,11 @@ import numpy as np
 __all__ = [
     "check_generator", "check_int", "check_float", "check_positive", "check_choice", "check_array", "check_device",
     "Constraint", "Integer", "Real", "Options", "Array", "Device", "Seed", "Callable", "Boolean", "InstanceOf",
-    "Optional", "AnyOf", "as_constraint", "validate_params", "declared_functions", "value_text",
+    "Optional", "AnyOf", "Sequence", "MAX_SEED", "as_constraint", "validate_params", "declared_functions", "value_text",
 ]
+
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 def check_generator(seed, device="cpu"):
@@ -64,7 +67,7 @@ def check_generator(seed, device="cpu"):
 
     if isinstance(seed, torch.Generator):
         return seed
-    return torch.Generator(device=device).manual_seed(check_int("seed", seed, low=0))
+    return torch.Generator(device=device).manual_seed(check_int("seed", seed, low=0, high=MAX_SEED))
 
 
 def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
@@ -465,6 +468,35 @@ class Optional(AnyOf):
 
     def __repr__(self):
         return f"Optional({self.constraints[0]!r})"
+
+
+class Sequence(Constraint):
+    """A tuple or list whose items each satisfy ``items``, of length in ``[min_len, max_len]``; returned as a tuple."""
+
+    def __init__(self, items, *, min_len: int = 0, max_len: int | None = None):
+        self.items, self.min_len, self.max_len = as_constraint(items), min_len, max_len
+
+    def describe(self):
+        if self.max_len == self.min_len:
+            size = f"{self.min_len} item{'s' * (self.min_len != 1)}"
+        elif self.max_len is None:
+            size = f"at least {self.min_len} item{'s' * (self.min_len != 1)}" if self.min_len else "items"
+        else:
+            size = f"{self.min_len} to {self.max_len} items"
+        return f"a tuple of {size}, each {self.items.describe()}"
+
+    def check(self, name, value):
+        if not isinstance(value, (tuple, list)):
+            self._fail(name, value)
+        if len(value) < self.min_len or (self.max_len is not None and len(value) > self.max_len):
+            raise ValueError(f"{name} must be {self.describe()}; got {value_text(value)} ({len(value)} items)")
+        return tuple(self.items.check(f"{name}[{i}]", item) for i, item in enumerate(value))
+
+    def invalid_example(self):
+        return () if self.min_len else (self.items.invalid_example(),)
+
+    def __repr__(self):
+        return f"Sequence({self.items!r}, min_len={self.min_len}, max_len={self.max_len})"
 
 
 def as_constraint(spec) -> Constraint:

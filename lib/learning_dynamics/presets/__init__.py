@@ -2,9 +2,13 @@
 
 A chapter defines a frozen dataclass deriving from :class:`ChapterPreset` in
 its own submodule of this package, declares each field with :func:`param`
-(default, allowed range, a one-line help), and registers its three sizes with
+(default, allowed values as a :mod:`~learning_dynamics.validation`
+constraint, a one-line help), and registers its three sizes with
 :func:`register`. Submodules are discovered automatically, so adding a chapter
-touches no shared file.
+touches no shared file. Cross-field rules go in the chapter's
+``__post_init__``, and its :meth:`ChapterPreset.memory_needs` estimates what
+its largest arrays need, so that :func:`resolve` refuses a run that cannot fit
+before any work starts.
 
 >>> cfg = resolve("feedback_principle", "smoke", seed=1)
 >>> cfg.seed
@@ -16,24 +20,37 @@ from __future__ import annotations
 import dataclasses
 import gc
 import importlib
+import json
+import os
 import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..validation import check_choice, check_device, check_float, check_int
+from ..validation import Integer, Options, Real, Sequence, check_choice, check_device
 
 PRESET_NAMES = ("smoke", "book", "paper")
+MAX_SEED = 2**32 - 1  # every generator the chapters use (numpy, torch) takes it, with the offsets chapters add
 
 
-def param(default, *, low=None, high=None, strict_low=False, choices=None, help: str = ""):
-    """A preset field with its allowed range, checked when the preset is built."""
-    kind = "int" if isinstance(default, int) and not isinstance(default, bool) else "float"
+def param(default, *, low=None, high=None, strict_low=False, choices=None, items=None, min_len=0, max_len=None,
+          help: str = ""):
+    """A preset field and its allowed values, checked when the preset is built.
+
+    A scalar takes a range (``low``, ``high``, ``strict_low``) or ``choices``;
+    a tuple takes ``items``, the constraint every entry meets (for example
+    ``Real(low=0.0)``), and a length range.
+    """
     if choices is not None:
-        kind = "choice"
+        constraint = Options(*choices)
     elif isinstance(default, tuple):
-        kind = "tuple"
-    meta = {"kind": kind, "low": low, "high": high, "strict_low": strict_low, "choices": choices, "help": help}
-    return field(default=default, metadata=meta)
+        if items is None:
+            raise ValueError("a tuple field needs items=, the constraint of its entries")
+        constraint = Sequence(items, min_len=min_len, max_len=max_len)
+    elif isinstance(default, int) and not isinstance(default, bool):
+        constraint = Integer(low, high)
+    else:
+        constraint = Real(low, high, strict_low=strict_low)
+    return field(default=default, metadata={"constraint": constraint, "help": help})
 
 
 @dataclass(frozen=True)
@@ -41,51 +58,79 @@ class ChapterPreset:
     """Fields every chapter has; subclasses add their own with :func:`param`."""
 
     preset: str = "book"
-    seed: int = param(0, low=0, help="seed of every random draw in the chapter")
+    seed: int = param(0, low=0, high=MAX_SEED, help="seed of every random draw in the chapter")
     device: str = "cpu"
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESET_NAMES)
         check_device("device", self.device)
         for f in dataclasses.fields(self):
-            meta = f.metadata
-            if not meta:
-                continue
-            value = getattr(self, f.name)
-            if meta["kind"] == "int":
-                check_int(f.name, value, low=meta["low"], high=meta["high"])
-            elif meta["kind"] == "float":
-                check_float(f.name, value, low=meta["low"], high=meta["high"], strict_low=meta["strict_low"])
-            elif meta["kind"] == "choice":
-                check_choice(f.name, value, meta["choices"])
-            elif meta["kind"] == "tuple":
-                if isinstance(value, list):  # papermill and JSON/YAML parameters have lists, not tuples
-                    object.__setattr__(self, f.name, tuple(value))
-                elif not isinstance(value, tuple):
-                    raise ValueError(f"{f.name} must be a tuple (or list); got {value!r}")
+            if "constraint" in f.metadata:
+                checked = f.metadata["constraint"].check(f.name, getattr(self, f.name))
+                if isinstance(checked, tuple):  # papermill and JSON parameters give lists
+                    object.__setattr__(self, f.name, checked)
+
+    def memory_needs(self) -> dict[str, float]:
+        """Bytes the largest arrays of the run need, keyed by the field that sets their size (chapters override)."""
+        return {}
+
+    def check_memory(self) -> None:
+        """Refuse, before any work, a run whose arrays cannot fit in this machine's (or GPU's) memory."""
+        have = available_memory(self.device)
+        for name, need in self.memory_needs().items():
+            if need > have:
+                raise ValueError(f"{name} = {getattr(self, name)!r} would need about {_gigabytes(need)} of memory; "
+                                 f"this {'GPU' if self.device != 'cpu' else 'machine'} has {_gigabytes(have)} "
+                                 f"(lower {name}, or run on a larger machine)")
 
     def tunable(self) -> dict[str, str]:
-        """Chapter fields a reader may override, with their allowed range."""
+        """Chapter fields a reader may override, with their allowed values."""
         return {f.name: describe_field(f) for f in dataclasses.fields(self) if f.name not in ("preset", "device")}
 
 
 def describe_field(f: dataclasses.Field) -> str:
-    """``"int >= 0: seed of ..."`` for listings and error messages."""
-    meta = f.metadata
-    if not meta:
+    """``"an integer >= 0: seed of ..."`` for listings and error messages."""
+    if "constraint" not in f.metadata:
         return ""
-    if meta["kind"] == "choice":
-        allowed = "one of " + ", ".join(map(repr, meta["choices"]))
-    else:
-        low, high = meta["low"], meta["high"]
-        lo_sym = ">" if meta["strict_low"] else ">="
-        if low is not None and high is not None:
-            allowed = f"{meta['kind']} in {'(' if meta['strict_low'] else '['}{low}, {high}]"
-        elif low is not None:
-            allowed = f"{meta['kind']} {lo_sym} {low}"
-        else:
-            allowed = meta["kind"]
-    return f"{allowed}: {meta['help']}" if meta["help"] else allowed
+    allowed, help = f.metadata["constraint"].describe(), f.metadata["help"]
+    return f"{allowed}: {help}" if help else allowed
+
+
+def available_memory(device: str = "cpu") -> float:
+    """Bytes of memory on ``device``: the GPU's total, or this machine's (or its cgroup's limit, if lower)."""
+    if device != "cpu":
+        import torch
+
+        try:
+            return float(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+        except (AssertionError, RuntimeError):  # no CUDA build here: the device check reports that, not this one
+            return float("inf")
+    total = float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        total = min(total, float(limit)) if limit.isdigit() else total
+    except OSError:
+        pass
+    return total
+
+
+def _gigabytes(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def parse_overrides(overrides) -> dict:
+    """``overrides`` as a dict: a dict, None, or a JSON object in a string (papermill's ``-p overrides '{...}'``)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"overrides must be a dict or a JSON object such as '{{\"lr\": 0.002}}'; "
+                             f"got {overrides!r} ({err.msg})") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict or a JSON object such as '{{\"lr\": 0.002}}'; got {overrides!r}")
+    return dict(overrides)
 
 
 _REGISTRY: dict[str, tuple[type[ChapterPreset], dict[str, dict[str, Any]]]] = {}
@@ -116,7 +161,7 @@ def resolve(chapter: str, preset: str = "book", *, seed: int = 0, device: str = 
     check_choice("chapter", chapter, sorted(_REGISTRY))
     check_choice("preset", preset, PRESET_NAMES)
     cls, sizes = _REGISTRY[chapter]
-    overrides = dict(overrides or {})
+    overrides = parse_overrides(overrides)
     known = {f.name for f in dataclasses.fields(cls)} - {"preset", "seed", "device"}
     for name in overrides:
         if name not in known:
@@ -124,7 +169,9 @@ def resolve(chapter: str, preset: str = "book", *, seed: int = 0, device: str = 
                 f"unknown parameter {name!r} for chapter {chapter!r}; allowed: {', '.join(sorted(known))}"
             )
     values = {**sizes[preset], **overrides}
-    return cls(preset=preset, seed=seed, device=device, **values)
+    cfg = cls(preset=preset, seed=seed, device=device, **values)
+    cfg.check_memory()
+    return cfg
 
 
 def start_chapter(chapter: str, preset: str = "book", *, seed: int = 0, device: str = "cpu",
@@ -149,4 +196,4 @@ def fields_of(chapter: str) -> dict[str, str]:
     _discover()
     check_choice("chapter", chapter, sorted(_REGISTRY))
     cls, _ = _REGISTRY[chapter]
-    return {f.name: describe_field(f) for f in dataclasses.fields(cls) if f.metadata}
+    return {f.name: describe_field(f) for f in dataclasses.fields(cls) if "constraint" in f.metadata}

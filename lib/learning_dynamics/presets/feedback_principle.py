@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from ..validation import Real
 from . import ChapterPreset, param, register
 
 
@@ -17,7 +18,7 @@ class FeedbackPrinciple(ChapterPreset):
     skill_batch: int = param(2000, low=1, help="samples per SGD step")
     n_seeds: int = param(4, low=1, help="independent runs per experiment")
     # Figure 2: lazy vs rich heatmap
-    target_singular_values: tuple = param((0.54, 0.14), help="singular values of the 2-2-2 target map Y X^T / N "
+    target_singular_values: tuple = param((0.54, 0.14), items=Real(low=0.0, strict_low=True), min_len=2, max_len=2, help="singular values of the 2-2-2 target map Y X^T / N "
                                            "(the medians over 4,000 random 10-sample tasks; directions stay random)")
     grid_points: int = param(40, low=4, high=200, help="lambda and scale values per axis")
     grid_lr: float = param(0.01, low=0.0, strict_low=True, help="GD step of the 2-2-2 network")
@@ -28,6 +29,11 @@ class FeedbackPrinciple(ChapterPreset):
     toy_points: int = param(24, low=2, help="initial scales Sigma0 in the sweep")
     toy_lr: float = param(0.001, low=0.0, strict_low=True, help="GD step of the toy (small: lr * 2 sqrt(S^2 + Sigma0^2) <= 0.05)")
     toy_steps: int = param(10000, low=1, help="GD steps of the toy")
+
+    def memory_needs(self) -> dict[str, float]:
+        # float64: the toy's (networks, Z) weights, gradients and copies; the skill batches (seeds, batch, K)
+        return {"toy_width": 12 * 8.0 * self.toy_points * self.n_seeds * self.toy_width,
+                "skill_batch": 6 * 8.0 * self.n_seeds * self.skill_batch * self.n_skills}
 
 
 register(

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from ..validation import Real
 from . import ChapterPreset, param, register
 
 
@@ -13,7 +14,7 @@ class KPFlowPreset(ChapterPreset):
     t_stim: int = param(15, low=1, help="stimulus period (steps)")
     t_memory: int = param(15, low=0, help="memory period (steps)")
     t_response: int = param(20, low=1, help="response period (steps)")
-    g_values: tuple = param((0.01, 1.0, 5.0), help="init levels g of the recurrent weights, one network (panel) each")
+    g_values: tuple = param((0.01, 1.0, 5.0), items=Real(low=0.0, strict_low=True), min_len=1, help="init levels g of the recurrent weights, one network (panel) each")
     batch: int = param(32, low=1, help="fresh noisy trials per Adam step")
     steps: int = param(300, low=1, help="Adam steps")
     lr: float = param(5e-3, low=0.0, strict_low=True, help="Adam learning rate")
@@ -54,6 +55,17 @@ class KPFlowPreset(ChapterPreset):
         if self.tail_index > self.spectrum_k:
             raise ValueError(f"tail_index must be at most spectrum_k = {self.spectrum_k} (the singular values "
                              f"computed), or 0 to skip the comparison; got {self.tail_index}")
+
+    def memory_needs(self) -> dict[str, float]:
+        # float32 GRUs: backpropagation through time keeps (networks, batch, T, hidden) activations (about 12 per
+        # unit and step); the recorder keeps every record's parameters (3 H x H per network), Adam a few copies more
+        t = self.t_stim + self.t_memory + self.t_response
+        t_mt = self.mt_t_context + self.mt_t_stim + self.mt_t_memory + self.mt_t_response
+        records, mt_records = self.steps // self.record_every + 1, self.mt_steps // self.mt_record_every + 1
+        return {"hidden": 4.0 * len(self.g_values) * self.hidden
+                * (12 * self.batch * t + 3 * self.hidden * (records + 4) + self.eval_trials * t),
+                "mt_hidden": 4.0 * self.mt_seeds * self.mt_hidden
+                * (12 * self.mt_batch * t_mt + 3 * self.mt_hidden * (mt_records + 4) + 4 * self.mt_eval_per_task * t_mt)}
 
 
 register(

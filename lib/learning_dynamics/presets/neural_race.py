@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from ..validation import Integer
 from . import ChapterPreset, param, register
 
 
@@ -16,7 +17,7 @@ class NeuralRace(ChapterPreset):
     saxe_init: float = param(0.1, low=0.0, strict_low=True, help="singular values of each random orthogonal layer")
     saxe_seeds: int = param(8, low=1, help="random initialisations")
     # The race: one shared pathway against one private pathway per context
-    race_contexts: tuple = param((1, 2, 3, 4, 6, 8), help="numbers of contexts C")
+    race_contexts: tuple = param((1, 2, 3, 4, 6, 8), items=Integer(low=1, high=32), min_len=2, help="numbers of contexts C")
     race_shown: int = param(4, low=1, help="C of the time-course panel (must be in race_contexts)")
     race_hidden: int = param(8, low=4, help="width of every hidden node of the race network")
     race_b0: float = param(0.1, low=0.0, strict_low=True, help="initial strength |b| of every edge and mode")
@@ -34,13 +35,26 @@ class NeuralRace(ChapterPreset):
     gen_inits: int = param(6, low=2, help="init scales in linspace(0.2, 2.5, gen_inits)")
     gen_lr: float = param(0.006, low=0.0, strict_low=True, help="GD step at sigma0 = 1 (scaled by sigma0^(-1/3))")
     gen_epochs: int = param(1000, low=1, help="full-batch GD epochs of the generalisation runs")
-    gen_trained: tuple = param((1, 2, 3, 4, 5, 6), help="values of K in the trained-pathway sweep")
+    gen_trained: tuple = param((1, 2, 3, 4, 5, 6), items=Integer(low=1), min_len=2, help="values of K in the trained-pathway sweep")
     gen_seeds: int = param(2, low=1, help="random initialisations per init scale or K")
 
     def __post_init__(self):
         super().__post_init__()
         if self.race_shown not in self.race_contexts:
             raise ValueError(f"race_shown must be one of race_contexts {self.race_contexts}; got {self.race_shown}")
+        if self.trained >= self.modules:
+            raise ValueError(f"trained must be < modules = {self.modules} (some pathways stay untrained); got {self.trained}")
+        if max(self.gen_trained) >= self.modules:
+            raise ValueError(f"gen_trained must hold values < modules = {self.modules}; got {self.gen_trained}")
+
+    def memory_needs(self) -> dict[str, float]:
+        # float64 weights, gradients and saved products: the two-layer net's (seeds, hidden, items + features) and
+        # the routing nets' (networks, 15 layers, hidden, hidden)
+        items = 2**self.tree_depth
+        gen_networks = self.gen_seeds * (self.gen_inits + len(self.gen_trained))
+        return {"saxe_hidden": 10 * 8.0 * (self.saxe_seeds + 1) * self.saxe_hidden * (3 * items),
+                "routing_hidden": 10 * 8.0 * max(self.routing_seeds, gen_networks) * (2 * self.modules + 1)
+                * self.routing_hidden**2}
 
 
 register(

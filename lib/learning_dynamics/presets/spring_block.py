@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from ..validation import Real
 from . import ChapterPreset, param, register
 
 
@@ -13,10 +14,10 @@ class SpringBlock(ChapterPreset):
     depth: int = param(7, low=3, high=20, help="blocks Linear -> BatchNorm -> LeakyReLU -> Dropout")
     steps: int = param(100, low=1, help="full-batch Adam steps")
     lr: float = param(1e-3, low=0.0, strict_low=True, help="Adam learning rate (when it is not the noise knob)")
-    alphas: tuple = param((0.0, 0.3, 0.6, 1.0), help="LeakyReLU slopes, rows (0 = ReLU at the top, 1 = linear)")
-    noises: tuple = param((0.6, 0.4, 0.2, 0.0), help="data-noise levels s, columns (paper order: decreasing)")
+    alphas: tuple = param((0.0, 0.3, 0.6, 1.0), items=Real(low=0.0, high=1.0), min_len=1, help="LeakyReLU slopes, rows (0 = ReLU at the top, 1 = linear)")
+    noises: tuple = param((0.6, 0.4, 0.2, 0.0), items=Real(low=0.0, high=1.0), min_len=1, help="data-noise levels s, columns (paper order: decreasing)")
     n_seeds: int = param(4, low=1, help="networks (initialisations) per cell")
-    dropouts: tuple = param((0.3, 0.2, 0.1, 0.0), help="dropout levels of the second diagram (empty: skip it)")
+    dropouts: tuple = param((0.3, 0.2, 0.1, 0.0), items=Real(low=0.0, high=0.95), help="dropout levels of the second diagram (empty: skip it)")
     dropout_seeds: int = param(1, low=1, help="networks per cell of the dropout diagram")
     # Spring-block chain
     n_blocks: int = param(7, low=2, high=50, help="blocks L (one per layer)")
@@ -24,14 +25,25 @@ class SpringBlock(ChapterPreset):
     chain_eta: float = param(0.01, low=0.0, strict_low=True, help="step of the overdamped chain (eta k < 0.5)")
     chain_steps: int = param(10_000, low=100, help="steps of the overdamped chain")
     replicas: int = param(32, low=1, help="independent chains per cell (averaged with the last half of the steps)")
-    frictions: tuple = param((0.15, 0.1, 0.05, 0.02), help="forward friction mu of the chain's rows (high at the top)")
-    shakes: tuple = param((0.5, 0.2, 0.1, 0.05, 0.02, 0.0), help="noise eps of the chain's columns (decreasing)")
+    frictions: tuple = param((0.15, 0.1, 0.05, 0.02), items=Real(low=0.0), min_len=1, help="forward friction mu of the chain's rows (high at the top)")
+    shakes: tuple = param((0.5, 0.2, 0.1, 0.05, 0.02, 0.0), items=Real(low=0.0), min_len=1, help="noise eps of the chain's columns (decreasing)")
     asymmetry: float = param(1.5, low=1.0, help="mu_back / mu_fwd in the chain's phase diagram")
     # Second-order (Langevin) chain
     sde_k: float = param(0.1, low=0.0, strict_low=True, help="spring constant of the second-order chain")
     sde_dt: float = param(0.05, low=0.0, strict_low=True, help="Euler-Maruyama step")
     sde_steps: int = param(14_000, low=100, help="steps of the second-order chain")
     sde_decay: float = param(0.005, low=0.0, help="noise decay rate lambda: eps(t) = eps exp(-lambda t)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.chain_eta * self.chain_k >= 0.5:
+            raise ValueError(f"chain_eta * chain_k must be < 0.5 for a stable chain; got {self.chain_eta * self.chain_k!r}")
+
+    def memory_needs(self) -> dict[str, float]:
+        # float32 DNN grid: Adam's weights, moments and gradients, and the activations autograd keeps
+        networks = len(self.alphas) * max(len(self.noises) * self.n_seeds, len(self.dropouts) * self.dropout_seeds)
+        return {"width": 4.0 * networks * self.depth * (4 * self.width**2 + 8 * self.n_train * self.width),
+                "replicas": 6 * 8.0 * len(self.frictions) * len(self.shakes) * self.replicas * self.n_blocks}
 
 
 register(

@@ -2,14 +2,15 @@
 
 from dataclasses import dataclass
 
+from ..validation import Integer, Real
 from . import ChapterPreset, param, register
 
 
 @dataclass(frozen=True)
 class ThreeMechanisms(ChapterPreset):
     # Figure 1 and the width scaling: GD of the 1-D linear network against the exact solution
-    widths: tuple = param((10, 100, 1000), help="widths d of the alignment and disalignment runs (and of the width-scaling GD)")
-    rescaling_widths: tuple = param((1, 1000), help="widths d of the rescaling runs")
+    widths: tuple = param((10, 100, 1000), items=Integer(low=1), min_len=1, help="widths d of the alignment and disalignment runs (and of the width-scaling GD)")
+    rescaling_widths: tuple = param((1, 1000), items=Integer(low=1), min_len=1, help="widths d of the rescaling runs")
     lr: float = param(1e-3, low=0.0, strict_low=True, high=0.01, help="GD step (time t = lr * step); the GD-vs-flow tolerance equals it")
     horizon: float = param(20.0, low=0.0, strict_low=True, help="training time T (steps = T / lr)")
     clock_ntk: float = param(2.0, low=0.0, strict_low=True, help="learning rates are scaled so that max(K0, K_inf) = this")
@@ -22,12 +23,23 @@ class ThreeMechanisms(ChapterPreset):
     grid_points: int = param(61, low=5, high=401, help="points per axis of the phase diagrams")
     diagram_width: int = param(10000, low=10, help="width d of the phase diagrams")
     probe_width: int = param(1000, low=10, help="width of the GD probes along the b = 0 cut")
-    probe_exponents: tuple = param((0.25, 0.5, 0.75, 1.0, 1.25, 1.5), help="output-scale exponents a of the GD probes")
+    probe_exponents: tuple = param((0.25, 0.5, 0.75, 1.0, 1.25, 1.5), items=Real(low=0.0), min_len=1, help="output-scale exponents a of the GD probes")
     # Nonlinear network on digits
     digits_samples: int = param(256, low=20, high=1787, help="training images of the tanh network")
     digits_width: int = param(64, low=1, help="hidden width of the tanh network")
     digits_lr: float = param(0.3, low=0.0, strict_low=True, help="GD step of the tanh network (x d in the mean-field setting)")
     digits_steps: int = param(2000, low=1, help="GD steps of the tanh network")
+
+    def memory_needs(self) -> dict[str, float]:
+        # float64 (networks, d_max) weight vectors of the GD batch (prototypes, NTK and mean-field seeds, probes), with
+        # gradients and records; the mean-field network of width diagram_width; the tanh net's (samples, width) layers
+        n_gd = 4 * len(self.widths) + 2 * len(self.rescaling_widths) + 2 * self.n_seeds * len(self.widths) \
+            + len(self.probe_exponents)
+        d_max = max(self.widths + self.rescaling_widths + (self.probe_width,))
+        width_field = max(("widths", "rescaling_widths", "probe_width"),
+                          key=lambda f: max(getattr(self, f)) if f != "probe_width" else self.probe_width)
+        return {width_field: 12 * 8.0 * n_gd * d_max, "diagram_width": 8 * 8.0 * self.diagram_width,
+                "digits_width": 3 * 8 * 8.0 * self.digits_samples * self.digits_width}
 
 
 register(
