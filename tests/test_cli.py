@@ -1,10 +1,16 @@
-"""The command line: `list`, `run` (validated before any kernel, atomic output folder) and `check`."""
+"""The command line: `list`, `run` (validated before any kernel, atomic output folder, failed runs kept in
+OUT.failed, one run per folder, live progress) and `check` (claims.json or executed notebooks, schema)."""
 
+import io
 import json
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -67,7 +73,7 @@ BAD_RUNS = [
     (["run", "nope"], "chapter must be one of 'feedback_principle'"),
     (["run", "feedback_principle", "--preset", "huge"], "invalid choice: 'huge' (choose from 'smoke', 'book', 'paper')"),
     (["run", "feedback_principle", "-p", "bogus=1"], "unknown parameter 'bogus' for chapter 'feedback_principle'; allowed: alpha"),
-    (["run", "feedback_principle", "-p", "seed=1.5"], "seed must be an integer >= 0; got 1.5"),
+    (["run", "feedback_principle", "-p", "seed=1.5"], "seed must be an integer in [0, 4294967295]; got 1.5"),
     (["run", "feedback_principle", "-p", "device=tpu"], "device must be 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
     (["run", "feedback_principle", "-p", "lr"], "-p expects NAME=VALUE; got 'lr'"),
     (["run", "feedback_principle", "--out", "README.md"], "--out must be a folder"),
@@ -107,7 +113,7 @@ def test_failed_run_leaves_earlier_folder_and_no_temp(tmp_path, monkeypatch, cap
     out = tmp_path / "run"
     before = _earlier_run(out)
 
-    def fail(job, folder):
+    def fail(job, folder, display=None):
         (folder / "half.png").write_bytes(b"partial")
         raise error
 
@@ -120,7 +126,7 @@ def test_failed_run_leaves_earlier_folder_and_no_temp(tmp_path, monkeypatch, cap
 def test_successful_run_replaces_earlier_folder(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _earlier_run(out)
-    monkeypatch.setattr(cli, "execute", lambda job, folder: (folder / "claims.json").write_text("{}"))
+    monkeypatch.setattr(cli, "execute", lambda job, folder, display=None: (folder / "claims.json").write_text("{}"))
     assert cli.main(["run", "feedback_principle", "--preset", "smoke", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["claims.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -167,6 +173,7 @@ def test_check_fails_on_a_doctored_claim(tmp_path, known_discrepancy, status):
 
 def test_check_rejects_missing_or_inconsistent_records(tmp_path):
     assert "no claims.json under" in ld("check", tmp_path).stderr
+    assert "is not a folder, a claims.json or an executed notebook" in ld("check", tmp_path / "absent").stderr
     good = claims.to_records([claims.below("err", 0.1, 1.0)])
     (tmp_path / "claims.json").write_text(json.dumps({"chapter": "demo", "claims": [{**good[0], "status": "FAIL"}]}))
     result = ld("check", tmp_path)
@@ -185,3 +192,327 @@ def test_cuda_without_a_gpu_fails_before_any_kernel(monkeypatch):
 def test_timings_without_a_cache_says_so(tmp_path, capsys):
     assert cli.main(["timings", str(tmp_path / "absent")]) == 0
     assert "no execution cache" in capsys.readouterr().out
+
+
+# ---- failed runs, one run per folder, live progress (issue 16) ------------------------------
+# A tiny fake chapter stands in for a real one: the CLI validates the parameters against the
+# feedback_principle preset, then executes this notebook with papermill like any chapter.
+
+RUNNER = """
+import sys
+from pathlib import Path
+
+from learning_dynamics import cli
+
+cli.chapter_notebooks = lambda root=cli.ROOT: {"feedback_principle": Path(sys.argv[1])}
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def fake_chapter(path, body="", half=0.01, figure=True):
+    """A chapter notebook: parameters, a figure saved like plotting.show does, ``body``, then a claims cell.
+
+    With papermill's injected parameters, that is six code cells, ``body`` the fifth.
+    """
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell
+    cells = [cell('preset = "book"\nseed = 0\ndevice = "cpu"\noverrides = {}', metadata={"tags": ["parameters"]}),
+             cell("import os, pathlib, time\nfrom learning_dynamics import claims")]
+    if figure:
+        cells.append(cell("for ext in ('png', 'svg'):\n"
+                          "    pathlib.Path(os.environ['LD_FIGURE_DIR'], 'fig-fake.' + ext).write_text('fake')",
+                          metadata={"mystnb": {"figure": {"name": "fig-fake", "caption": "A fake figure."}}}))
+    cells += [cell(textwrap.dedent(body) or "pass"),
+              cell(f'claims.report([claims.below("err", 0.1, 1.0), claims.below("half time", float("{half}"), 0.05)], '
+                   '"feedback_principle")')]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def fake_run(tmp_path, notebook, *args, wait=True, env=None, **kwargs):
+    """``python -m learning_dynamics run feedback_principle ARGS`` on the fake chapter (a subprocess)."""
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    command = [sys.executable, str(runner), str(notebook), "run", "feedback_principle", "--preset", "smoke", *map(str, args)]
+    env = dict(os.environ, LD_PROGRESS="0") if env is None else env
+    if not wait:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, **kwargs)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def errors(result):
+    return [line for line in result.stderr.splitlines() if "[IPKernelApp]" not in line]
+
+
+def contents(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_failing_claims_finish_the_run_into_out_failed(tmp_path):
+    out, failed = tmp_path / "runs" / "fp", tmp_path / "runs" / "fp.failed"
+    good = fake_run(tmp_path, fake_chapter(tmp_path / "good.ipynb"), "--out", out)
+    assert good.returncode == 0, good.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["claims.json", "feedback_principle.ipynb", "fig-fake.png", "fig-fake.svg"]
+    before = contents(out)
+
+    bad = fake_run(tmp_path, fake_chapter(tmp_path / "bad.ipynb", half=float("nan")), "--out", out)
+    assert bad.returncode == 1
+    [line] = errors(bad)
+    assert line.startswith("error: feedback_principle failed: 1 of 2 claims did not pass: 'half time' (not reached); "
+                           f"notebook, figures and claims.json in {failed}; {out} was left as it was"), line
+    assert contents(out) == before, "out keeps the last run whose claims all passed"
+    assert sorted(p.name for p in failed.iterdir()) == ["claims.json", "error.txt", "feedback_principle.ipynb",
+                                                        "fig-fake.png", "fig-fake.svg"]
+    recorded = json.loads((failed / "claims.json").read_text())
+    assert [c["status"] for c in recorded["claims"]] == ["pass", "not reached"] and recorded["claims"][1]["ours"] is None
+    assert "not reached" in (failed / "error.txt").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fp", "fp.failed"], "no temporary folder or lock is left"
+
+    check = ld("check", out.parent)
+    assert check.returncode == 1 and "feedback_principle (fp.failed)" in check.stdout
+    assert "not reached in this run" in check.stdout and "not reached: 1, pass: 3" in check.stdout
+
+
+def test_a_newer_failed_run_replaces_the_older_and_a_passing_run_removes_it(tmp_path):
+    out, failed = tmp_path / "fp", tmp_path / "fp.failed"
+    failed.mkdir()
+    (failed / "error.txt").write_text("an older failed run\n")
+    (failed / "old.png").write_text("old")
+    bad = fake_run(tmp_path, fake_chapter(tmp_path / "bad.ipynb", half=float("inf")), "--out", out)
+    assert bad.returncode == 1 and not (failed / "old.png").exists() and (failed / "claims.json").exists()
+    assert not out.exists() and "nothing was written to" in bad.stderr
+    fixed = fake_run(tmp_path, fake_chapter(tmp_path / "good.ipynb"), "--out", out)
+    assert fixed.returncode == 0 and not failed.exists()
+    assert fixed.stdout.strip().endswith(f"in {out} (removed {failed}, an earlier failed run)")
+
+
+def test_an_error_before_the_claims_keeps_the_partial_notebook(tmp_path, capsys):
+    out = tmp_path / "fp"
+    before = _earlier_run(out)
+    notebook = fake_chapter(tmp_path / "nb.ipynb", body="raise ValueError('no such skill')")
+    result = fake_run(tmp_path, notebook, "--out", out)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = errors(result)
+    assert "cell [5] raised ValueError: no such skill; the partial notebook in" in line and "was left as it was" in line
+    assert snapshot(out) == before
+    failed = tmp_path / "fp.failed"
+    assert sorted(p.name for p in failed.iterdir()) == ["error.txt", "feedback_principle.ipynb", "fig-fake.png", "fig-fake.svg"]
+    assert cli.main(["check", str(failed)]) == 2
+    err = capsys.readouterr().err
+    assert "skipped" in err and "no claims.json under" in err
+
+
+def test_a_failed_folder_that_is_not_a_run_is_refused(tmp_path):
+    (tmp_path / "fp.failed").mkdir()
+    (tmp_path / "fp.failed" / "mine.txt").write_text("keep")
+    args = cli.build_parser().parse_args(["run", "feedback_principle", "--out", str(tmp_path / "fp")])
+    with pytest.raises(cli.UsageError, match="fp.failed exists and is not a failed run"):
+        cli.validate_run(args)
+
+
+@pytest.mark.slow
+def test_not_reached_claims_of_a_real_chapter_at_smoke(tmp_path):
+    """The issue's reproduction at smoke: lr=0.002 reaches t = 4.5, before every half time (~12 s)."""
+    out = tmp_path / "fp"
+    result = ld("run", "feedback_principle", "--preset", "smoke", "-p", "lr=0.002", "--out", out, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "3 of 12 claims did not pass: 'sigmoid = SGD half times" in result.stderr and "(not reached)" in result.stderr
+    assert not out.exists()
+    failed = tmp_path / "fp.failed"
+    recorded = json.loads((failed / "claims.json").read_text())["claims"]
+    assert sum(c["status"] == "not reached" for c in recorded) == 3 and sum(c["status"] == "pass" for c in recorded) == 9
+    expected = {f"{label}.{ext}" for label in labels(ROOT / "notebooks" / "feedback_principle.ipynb") for ext in ("png", "svg")}
+    assert expected <= {p.name for p in failed.iterdir()}
+
+
+def _wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_one_run_per_folder(tmp_path):
+    out = tmp_path / "fp"
+    started = tmp_path / "started"
+    slow = fake_chapter(tmp_path / "slow.ipynb", body=f"""
+        pathlib.Path({str(started)!r}).touch()
+        time.sleep(3)
+        """)
+    first = fake_run(tmp_path, slow, "--out", out, wait=False)
+    try:
+        _wait_for(started.exists)
+        second = fake_run(tmp_path, fake_chapter(tmp_path / "fast.ipynb"), "--out", out)
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"error: another run (pid {first.pid} on {socket.gethostname()}) is writing to "
+                                         f"{out}; wait for it to finish or choose another --out (lock: {out}.lock)")
+        assert first.wait(timeout=60) == 0, first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("fp")) == ["fp"]
+    assert fake_run(tmp_path, tmp_path / "fast.ipynb", "--out", out).returncode == 0, "the lock is released"
+
+
+def test_a_killed_runs_temp_folder_is_removed_by_the_next_run(tmp_path):
+    out = tmp_path / "fp"
+    started = tmp_path / "started"
+    stuck = fake_chapter(tmp_path / "stuck.ipynb", body=f"""
+        pathlib.Path({str(started)!r}).touch()
+        time.sleep(60)
+        """)
+    run = fake_run(tmp_path, stuck, "--out", out, wait=False)
+    _wait_for(started.exists)
+    os.killpg(run.pid, signal.SIGKILL)  # the run, its kernel and all
+    run.wait()
+    [temp] = [p for p in tmp_path.iterdir() if p.name.startswith("fp.tmp-")]
+    assert temp.name.startswith(f"fp.tmp-{run.pid}-") and (tmp_path / "fp.lock").exists()
+
+    result = fake_run(tmp_path, fake_chapter(tmp_path / "fast.ipynb"), "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert f"note: removed {temp}, left by a run that died" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("fp")) == ["fp"]
+
+
+def test_stale_folders_of_live_runs_are_kept_and_an_interrupted_swap_is_undone(tmp_path):
+    out = tmp_path / "fp"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = tmp_path / f"fp.tmp-{os.getpid()}-abc"
+    (tmp_path / f"fp.tmp-{dead.pid}-abc").mkdir()
+    (tmp_path / "fp.tmp-older-format").mkdir()  # no owner pid: not ours to remove
+    live.mkdir()
+    aside = tmp_path / f"fp.old-{dead.pid}-xyz"
+    (aside / "fp").mkdir(parents=True)
+    (aside / "fp" / "claims.json").write_text("{}")  # died between the two moves of replace_folder
+    (tmp_path / f"fp.failed.old-{dead.pid}-xyz").mkdir()
+    removed = cli.remove_stale(out)
+    assert sorted(p.name for p in removed) == sorted([f"fp.tmp-{dead.pid}-abc", f"fp.old-{dead.pid}-xyz",
+                                                      f"fp.failed.old-{dead.pid}-xyz"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fp", "fp.tmp-older-format", live.name])
+    assert (out / "claims.json").read_text() == "{}", "the earlier result is put back"
+    assert cli.pid_alive(os.getpid()) and not cli.pid_alive(dead.pid) and not cli.pid_alive(0)
+
+
+def test_unwritable_out_is_one_clear_line(tmp_path):
+    result = ld("run", "feedback_principle", "--preset", "smoke", "--out", "/proc/x/run", timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: cannot write to /proc/x/run: ") and len(result.stderr.splitlines()) == 1
+
+
+CHECK_ERRORS = [
+    (lambda r: {**r, "passed": "yes"}, "claims[0].passed must be true or false; got str 'yes'"),
+    (lambda r: {**r, "status": "great"}, "claims[0].status must be one of 'pass', 'FAIL'"),
+    (lambda r: {k: v for k, v in r.items() if k != "tolerance"}, "claims[0] ('err') lacks field tolerance"),
+    (lambda r: {**r, "ours": "small"}, "claims[0].ours must be a number"),
+    (None, "field 'claims' is empty"),
+]
+
+
+@pytest.mark.parametrize("change,message", CHECK_ERRORS, ids=["passed", "status", "missing", "ours", "empty"])
+def test_check_validates_the_schema(tmp_path, capsys, change, message):
+    record = claims.to_records([claims.below("err", 0.1, 1.0)])[0]
+    path = tmp_path / "fp" / "claims.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"chapter": "demo", "claims": [change(record)] if change else []}))
+    for target in (tmp_path, path):
+        assert cli.main(["check", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {path}: {message}" + err[len(f"error: {path}: {message}"):] and err.count("\n") == 1, err
+
+
+def test_check_reads_executed_notebooks(tmp_path, capsys):
+    committed = ROOT / "notebooks" / "kpflow.ipynb"
+    assert cli.main(["check", str(committed)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].startswith("kpflow ")
+    (tmp_path / "run").mkdir()
+    shutil.copy(committed, tmp_path / "run" / "kpflow.ipynb")
+    (tmp_path / "run" / ".ipynb_checkpoints").mkdir()
+    shutil.copy(committed, tmp_path / "run" / ".ipynb_checkpoints" / "kpflow-checkpoint.ipynb")
+    (tmp_path / "fp.tmp-1-x").mkdir()  # a run in flight is not a result
+    (tmp_path / "fp.tmp-1-x" / "claims.json").write_text("{}")
+    assert cli.main(["check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kpflow (run/kpflow.ipynb)" in out and "in 1 chapters" in out
+    (tmp_path / "bad.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
+    assert cli.main(["check", str(tmp_path / "bad.ipynb")]) == 2
+    assert "glued no 'claims' record" in capsys.readouterr().err
+
+
+def test_live_progress_and_quiet(tmp_path):
+    out = tmp_path / "fp"
+    seen = tmp_path / "seen.jsonl"
+    notebook = fake_chapter(tmp_path / "nb.ipynb", body=f"""
+        from learning_dynamics import train
+        for _ in train.progress(range(30), desc="fake loop"):
+            time.sleep(0.02)
+        source = os.environ.get("LD_PROGRESS_FILE")
+        pathlib.Path({str(seen)!r}).write_text(pathlib.Path(source).read_text() if source else "no file")
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PROGRESS"}
+    loud = fake_run(tmp_path, notebook, "--out", out, env=env)
+    assert loud.returncode == 0, loud.stderr
+    shown = errors(loud)
+    assert shown[0] == "feedback_principle  0:00  starting the kernel"
+    assert [re.search(r"cell (\d+/\d+)", line)[1] for line in shown[1:]] == [f"{k}/6" for k in range(1, 7)]
+    records = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert records[0] == {"desc": "fake loop", "n": 0, "total": 30, "done": False}
+    assert records[-1] == {"desc": "fake loop", "n": 30, "total": 30, "done": True} and len(records) <= 6
+    executed = json.loads((out / "feedback_principle.ipynb").read_text())
+    assert not [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("name") == "stderr"], \
+        "the kernel's bars stay out of the notebook"
+    assert sorted(p.name for p in out.iterdir()) == ["claims.json", "feedback_principle.ipynb", "fig-fake.png", "fig-fake.svg"]
+
+    light = fake_chapter(tmp_path / "light.ipynb", body=f"""
+        pathlib.Path({str(seen)!r}).write_text(os.environ.get("LD_PROGRESS_FILE", "no file"))
+        """)
+    quiet = fake_run(tmp_path, light, "--out", out, "--quiet", env=env)
+    assert quiet.returncode == 0 and errors(quiet) == []
+    assert seen.read_text() == "no file", "no progress file when quiet"
+
+
+def test_progress_display_on_a_terminal(tmp_path, monkeypatch):
+    from learning_dynamics import train
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    path = tmp_path / "progress"
+    monkeypatch.setenv("LD_PROGRESS_FILE", str(path))
+    stream = Terminal()
+    display = cli.LiveProgress("demo", path, stream=stream, interval=0.01)
+    with display:
+        display.cell(2, 7)
+        for i in train.progress(range(100), desc="GD steps"):
+            if i == 60:
+                time.sleep(0.3)  # more than 0.25 s: the loop reports 61/100 ...
+            if i == 61:
+                time.sleep(0.2)  # ... and the display reads it before the loop ends
+        loop = train.progress(range(10), desc="second")
+        next(iter(loop))
+        _wait_for(lambda: display.bar and display.bar["desc"] == "second", timeout=5)
+        assert display.line().startswith("demo  0:00  cell 2/7 (0:00)  second: ")
+    text = stream.getvalue()
+    assert "\rdemo  0:00  cell 2/7 (0:00)  GD steps: 61/100 (61%)\x1b[K" in text
+    assert text.endswith("\r\x1b[K"), "the line is cleared at the end"
+
+
+def test_progress_writes_few_lines_and_nothing_without_the_file(tmp_path, monkeypatch):
+    from learning_dynamics import train
+
+    monkeypatch.delenv("LD_PROGRESS_FILE", raising=False)
+    assert hasattr(train.progress(range(3)), "set_postfix"), "a plain tqdm bar without the file"
+    path = tmp_path / "progress"
+    monkeypatch.setenv("LD_PROGRESS_FILE", str(path))
+    start = time.perf_counter()
+    assert sum(train.progress(range(200_000))) == sum(range(200_000))
+    elapsed = time.perf_counter() - start
+    lines = path.read_text().splitlines()
+    assert 2 <= len(lines) <= 2 + 4 * elapsed + 1, "at most four reports a second"
+    monkeypatch.setenv("LD_PROGRESS_FILE", str(tmp_path / "absent" / "progress"))
+    assert list(train.progress(range(3))) == [0, 1, 2], "an unwritable file never stops a computation"

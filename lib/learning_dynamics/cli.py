@@ -4,8 +4,16 @@
 - ``run CHAPTER``: validate the parameters, execute the chapter with
   papermill into a temporary folder next to ``--out``, and move it into place
   only when the whole chapter succeeded (notebook, figures, ``claims.json``).
-- ``check [DIR]``: every chapter's claims as one table; non-zero exit if any
-  claim fails or a known discrepancy starts to pass.
+  A run whose claims fail still finishes: it goes to ``OUT.failed`` (notebook,
+  figures, ``claims.json``, ``error.txt``) and ``OUT`` keeps the last run whose
+  claims all passed; a run that stops in an earlier cell leaves its partial
+  notebook there. ``OUT.lock`` (an flock) allows one run per folder, and a run
+  removes the temporary folders of runs that died. It shows the current cell,
+  the elapsed time and the library's progress bars as they happen (``--quiet``
+  or LD_PROGRESS=0: none).
+- ``check [DIR | FILE]``: every chapter's claims as one table, from claims.json
+  files or executed notebooks, checked against the records' schema; non-zero
+  exit if any claim fails, is not reached, or a known discrepancy passes.
 
 Errors in what the reader typed go to stderr without a traceback (exit 2); a
 chapter that fails while running exits 1.
@@ -15,13 +23,18 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +44,10 @@ from .validation import check_choice
 ROOT = Path(__file__).resolve().parents[2]  # lib/learning_dynamics/ -> repository root
 TIMINGS = Path("bench") / "timings.json"
 NOT_MEASURED = "not measured"
+PROGRESS_FILE_ENV = "LD_PROGRESS_FILE"  # train.progress appends its loops' state to this file
+PROGRESS_FILE = ".progress"  # inside the run's temporary folder; removed before the folder moves
+ERROR_FILE = "error.txt"  # the one-line reason, in OUT.failed
+ENGINE = "learning_dynamics"  # papermill's nbclient engine, reporting each cell as it starts
 
 
 class UsageError(Exception):
@@ -159,13 +176,35 @@ def validate_run(args) -> dict:
         raise UsageError(str(err)) from None
     out = Path(args.out) if args.out else ROOT / "runs" / f"{args.chapter}-{args.preset}"
     out = out.expanduser().resolve()
+    failed = failed_folder(out)
+    try:
+        _check_out(out, failed)
+    except OSError as err:  # e.g. a folder we may not read
+        raise UsageError(f"cannot write to {out}: {err.strerror or err}") from None
+    parameters = {"preset": args.preset, "seed": seed, "device": device, "overrides": _as_lists(overrides)}
+    return {"chapter": args.chapter, "notebook": notebooks[args.chapter], "out": out, "failed": failed,
+            "parameters": parameters}
+
+
+def _check_out(out: Path, failed: Path) -> None:
+    """``out`` is new, empty or an earlier run, and ``OUT.failed`` new, empty or an earlier failed run."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out must be a folder; {out} is a file")
     if out.is_dir() and any(out.iterdir()) and not (out / "claims.json").exists():
         raise UsageError(f"--out {out} exists and is not an earlier run (no claims.json); "
                          "choose a new or empty folder")
-    parameters = {"preset": args.preset, "seed": seed, "device": device, "overrides": _as_lists(overrides)}
-    return {"chapter": args.chapter, "notebook": notebooks[args.chapter], "out": out, "parameters": parameters}
+    if failed.exists() and not (failed.is_dir() and ((failed / ERROR_FILE).exists() or not any(failed.iterdir()))):
+        raise UsageError(f"{failed} exists and is not a failed run (no {ERROR_FILE}); move it away, "
+                         "since a failed run would replace it")
+
+
+def failed_folder(out: Path) -> Path:
+    """``OUT.failed``: the latest run into ``out`` whose claims failed (or that stopped early)."""
+    return out.with_name(out.name + ".failed")
+
+
+def lock_file(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
 
 
 def _as_lists(value):
@@ -177,24 +216,89 @@ def _as_lists(value):
     return value
 
 
-def execute(job: dict, folder: Path) -> None:
-    """Run the chapter into ``folder``: executed notebook, figures, claims.json; raise if incomplete."""
+class ClaimsFailed(Exception):
+    """The chapter ran to its end but :func:`claims.report` raised: some claims did not pass."""
+
+    def __init__(self, glued: dict, failed: list[claims.Claim], total: int):
+        self.glued, self.failed, self.total = glued, failed, total
+        shown = ", ".join(f"{c.statement!r} ({c.status})" for c in failed)
+        super().__init__(f"{len(failed)} of {total} claims did not pass: {shown}")
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str | None]):
+    """Set (None: unset) environment variables, which the kernel inherits; restore the old values afterwards."""
+    previous = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _register_engine() -> None:
+    """Papermill's nbclient engine, calling ``on_cell(k, n)`` as the k-th of n code cells starts."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class LiveEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, on_cell=None, **kwargs):
+            if on_cell is not None:
+                code = [i for i, cell in enumerate(nb_man.nb.cells) if cell.get("cell_type") == "code"]
+                started = nb_man.cell_start
+
+                def cell_start(cell, cell_index=None, **kw):
+                    started(cell, cell_index, **kw)
+                    if cell_index in code:
+                        with contextlib.suppress(Exception):  # the display never stops a run
+                            on_cell(code.index(cell_index) + 1, len(code))
+
+                nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register(ENGINE, LiveEngine)
+
+
+def execute(job: dict, folder: Path, display: LiveProgress | None = None) -> None:
+    """Run the chapter into ``folder``: executed notebook, figures, claims.json; raise if incomplete.
+
+    Raises :class:`ClaimsFailed` (after writing claims.json) when the chapter ran to its end and only
+    its claims failed; any other failure raises as it came.
+    """
     import papermill as pm
 
     from .plotting import FIGURE_DIR_ENV
 
     chapter = job["chapter"]
     executed = folder / f"{chapter}.ipynb"
-    previous = os.environ.get(FIGURE_DIR_ENV)
-    os.environ[FIGURE_DIR_ENV] = str(folder)  # the kernel inherits it; plotting.show saves there
-    try:
-        pm.execute_notebook(str(job["notebook"]), str(executed), parameters=job["parameters"], kernel_name="python3",
-                            cwd=str(ROOT), progress_bar=os.environ.get("LD_PROGRESS", "1") != "0")
-    finally:
-        if previous is None:
-            os.environ.pop(FIGURE_DIR_ENV, None)
-        else:
-            os.environ[FIGURE_DIR_ENV] = previous
+    # The kernel inherits these: plotting.show saves there; its tqdm bars would land in the notebook, so they
+    # are off and train.progress reports to the display's file instead.
+    env = {FIGURE_DIR_ENV: str(folder), "LD_PROGRESS": "0",
+           PROGRESS_FILE_ENV: str(display.path) if display is not None else None}
+    _register_engine()
+    with _environment(env):
+        try:
+            pm.execute_notebook(str(job["notebook"]), str(executed), parameters=job["parameters"], kernel_name="python3",
+                                cwd=str(ROOT), progress_bar=False, engine_name=ENGINE,
+                                on_cell=display.cell if display is not None else None)
+        except Exception as err:
+            if getattr(err, "ename", None) != claims.ClaimFailed.__name__:
+                raise
+            try:  # the claims cell showed and glued its table before it raised
+                glued = claims.records_from_notebook(read_notebook(executed))
+                recorded = claims.from_glued(glued)
+            except (OSError, ValueError):
+                raise err from None
+            (folder / "claims.json").write_text(json.dumps(glued, indent=2) + "\n")
+            raise ClaimsFailed(glued, [c for c in recorded if not c.ok], len(recorded)) from err
     nb = read_notebook(executed)
     glued = claims.records_from_notebook(nb)
     if glued is None:
@@ -207,11 +311,15 @@ def execute(job: dict, folder: Path) -> None:
 
 
 def replace_folder(new: Path, out: Path) -> None:
-    """Move ``new`` to ``out``; an earlier ``out`` is moved aside first and deleted last."""
+    """Move ``new`` to ``out``; an earlier ``out`` is moved aside first and deleted last.
+
+    The aside folder's name holds this process's id, so that if the run dies between the two moves the
+    next run can put the earlier ``out`` back (:func:`remove_stale`).
+    """
     if not out.exists():
         new.rename(out)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
+    aside = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-{os.getpid()}-", dir=out.parent))
     out.rename(aside / out.name)
     try:
         new.rename(out)
@@ -221,27 +329,250 @@ def replace_folder(new: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+# ---- one run per folder ----------------------------------------------------------------------
+
+
+def acquire_lock(out: Path) -> int:
+    """Hold ``OUT.lock`` (an exclusive flock, released by the kernel if the run dies); UsageError if held.
+
+    The file holds the owner's pid and host, for the message a second run prints. A lock file that its
+    last owner removed between our open and our flock is a different file: open again.
+    """
+    path = lock_file(out)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 300).decode(errors="replace").split()
+            os.close(fd)
+            who = f"pid {owner[0]} on {owner[1]}" if len(owner) >= 2 else "pid unknown"
+            raise UsageError(f"another run ({who}) is writing to {out}; wait for it to finish or choose "
+                             f"another --out (lock: {path})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+    return fd
+
+
+def release_lock(fd: int, out: Path) -> None:
+    """Remove the lock file (while still holding it, so no one else holds that file) and release it."""
+    with contextlib.suppress(OSError):
+        if os.path.samestat(os.fstat(fd), os.stat(lock_file(out))):
+            lock_file(out).unlink()
+    os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, killed but not yet reaped, does not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove ``OUT.tmp-PID-*`` and ``OUT[.failed].old-PID-*`` folders whose process is dead; return them.
+
+    Called with the lock held, so no live run of this version owns them; the pid check also spares a
+    folder of a live run that did not take the lock. An ``.old-`` folder holds the previous result of a
+    run that died between its two moves: it is put back if nothing replaced it.
+    """
+    removed = []
+    for target, kind in ((out, "tmp"), (out, "old"), (failed_folder(out), "old")):
+        pattern = re.compile(re.escape(f"{target.name}.{kind}-") + r"(\d+)-")
+        for path in sorted(out.parent.iterdir()):
+            match = pattern.match(path.name)
+            if not match or not path.is_dir() or pid_alive(int(match[1])):
+                continue
+            kept = path / target.name
+            if kind == "old" and kept.is_dir() and not target.exists():
+                kept.rename(target)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+# ---- live progress ---------------------------------------------------------------------------
+
+
+class LiveProgress:
+    """The current cell, the elapsed time and the kernel's progress bars, on stderr while a chapter runs.
+
+    The kernel's own output never reaches the terminal, so ``train.progress`` appends its state to
+    :attr:`path` (LD_PROGRESS_FILE) and a thread reads what is new four times a second. On a terminal
+    it is one line, redrawn; elsewhere (a log) a line per cell and at most one every 10 s in between.
+    """
+
+    def __init__(self, chapter: str, path: Path, stream=None, interval: float = 0.25, every: float = 10.0):
+        self.chapter, self.path, self.interval, self.every = chapter, Path(path), interval, every
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.current = None  # (k, n, start) of the running code cell
+        self.bar = None  # the latest progress record of that cell
+        self.offset, self.printed, self.last = 0, 0.0, ""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ld-progress", daemon=True)
+
+    def __enter__(self):
+        self.path.touch()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        if self.tty and self.last:
+            self._write("\r\x1b[K")
+
+    def cell(self, k: int, n: int) -> None:
+        with self._lock:
+            self._read()
+            self.current, self.bar = (k, n, time.monotonic()), None
+            self._show(force=True)
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                self._read()
+                self._show()
+
+    def _read(self):
+        """The progress records appended since the last read (complete lines only)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return
+        lines = chunk.split(b"\n")[:-1]
+        self.offset += sum(len(line) + 1 for line in lines)
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                self.bar = None if record.get("done") else record
+
+    def line(self) -> str:
+        now = time.monotonic()
+        parts = [self.chapter, _clock(now - self.started)]
+        if self.current is None:
+            parts.append("starting the kernel")
+        else:
+            k, n, start = self.current
+            parts.append(f"cell {k}/{n} ({_clock(now - start)})")
+        if self.bar:
+            done, total = self.bar.get("n", 0), self.bar.get("total")
+            count = f"{done}/{total} ({done / total:.0%})" if total else f"{done}"
+            parts.append(f"{self.bar.get('desc') or 'progress'}: {count}")
+        return "  ".join(parts)
+
+    def _show(self, force: bool = False):
+        line = self.line()
+        if self.tty:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            self._write("\r" + line[:width] + "\x1b[K")
+        elif force or time.monotonic() - self.printed >= self.every:
+            self._write(line + "\n")
+            self.printed = time.monotonic()
+        self.last = line
+
+    def _write(self, text: str):
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(text)
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+
+
+# ---- run: the command -------------------------------------------------------------------------------------
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def cmd_run(args) -> int:
     job = validate_run(args)
-    out = job["out"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is an ordinary folder
+    out, failed, chapter = job["out"], job["failed"], job["chapter"]
+    lock = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = acquire_lock(out)
+        for path in remove_stale(out):
+            print(f"note: removed {_shown(path)}, left by a run that died", file=sys.stderr)
+        folder = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        mask = os.umask(0)
+        os.umask(mask)
+        folder.chmod(0o777 & ~mask)  # mkdtemp makes it private; the result is an ordinary folder
+    except OSError as err:
+        if lock is not None:
+            release_lock(lock, out)
+        raise UsageError(f"cannot write to {out}: {err.strerror or err}") from None
+    quiet = args.quiet or os.environ.get("LD_PROGRESS", "1") == "0"  # as train.progress_enabled, without torch
+    display = None if quiet else LiveProgress(chapter, folder / PROGRESS_FILE)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed run cleans up like Ctrl-C
     try:
-        execute(job, folder)
+        with display or contextlib.nullcontext():
+            execute(job, folder, display)
+        (folder / PROGRESS_FILE).unlink(missing_ok=True)
         replace_folder(folder, out)
+    except ClaimsFailed as err:
+        where = _keep_failed(folder, failed, f"{chapter}: {err}")
+        print(f"error: {chapter} failed: {err}; {where}; {_kept(out)}", file=sys.stderr)
+        return 1
     except BaseException as err:
+        reason = describe_failure(err)
+        where = None
+        if not isinstance(err, KeyboardInterrupt) and (folder / f"{chapter}.ipynb").exists():
+            where = _keep_failed(folder, failed, f"{chapter}: {reason}", partial=True)
         shutil.rmtree(folder, ignore_errors=True)
-        print(f"error: {job['chapter']} failed: {describe_failure(err)}\n{_kept(out)}", file=sys.stderr)
+        print(f"error: {chapter} failed: {reason}; {where + '; ' if where else ''}{_kept(out)}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-    print(f"{job['chapter']} ({job['parameters']['preset']}): notebook, figures and claims.json in {shown}")
+        release_lock(lock, out)
+    note = ""
+    if failed.exists():  # an earlier failed run into this folder is superseded
+        shutil.rmtree(failed, ignore_errors=True)
+        note = f" (removed {_shown(failed)}, an earlier failed run)"
+    print(f"{chapter} ({job['parameters']['preset']}): notebook, figures and claims.json in {_shown(out)}{note}")
     return 0
+
+
+def _keep_failed(folder: Path, failed: Path, reason: str, partial: bool = False) -> str:
+    """Move the run's folder to ``OUT.failed`` (replacing an older one), with error.txt; say where it is."""
+    try:
+        (folder / PROGRESS_FILE).unlink(missing_ok=True)
+        (folder / ERROR_FILE).write_text(reason + "\n")
+        replace_folder(folder, failed)
+    except OSError as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"could not keep it in {_shown(failed)} ({err.strerror or err})"
+    what = "the partial notebook" if partial else "notebook, figures and claims.json"
+    return f"{what} in {_shown(failed)}"
 
 
 def _interrupt(signum, frame):
@@ -251,48 +582,91 @@ def _interrupt(signum, frame):
 def describe_failure(err: BaseException) -> str:
     """One line: the failing cell's error, an interrupt, or the exception itself."""
     if hasattr(err, "ename") and hasattr(err, "exec_count"):  # papermill.PapermillExecutionError
-        return f"cell [{err.exec_count}] raised {err.ename}: {err.evalue}"
+        return f"cell [{err.exec_count}] raised {err.ename}: {_one_line(err.evalue)}"
     if isinstance(err, KeyboardInterrupt):
         return "interrupted"
-    return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__}: {_one_line(str(err))}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _kept(out: Path) -> str:
-    return f"{out} was left as it was" if out.exists() else f"nothing was written to {out}"
+    return f"{_shown(out)} was left as it was" if out.exists() else f"nothing was written to {_shown(out)}"
 
 
 # ---- check -----------------------------------------------------------------------------------
 
 
-def collect_claims(folder: str | None) -> list[tuple[str, list[claims.Claim]]]:
-    """(chapter, claims) from every claims.json under ``folder``, or from the committed notebooks."""
-    if folder is None:
-        sources = [(chapter, path, claims.records_from_notebook(read_notebook(path)))
-                   for chapter, path in chapter_notebooks().items()]
+SKIPPED = re.compile(r"\.(tmp|old)-\d+-")  # a run's temporary or aside folder: in flight, not a result
+
+
+def collect_claims(target: str | None) -> list[tuple[str, list[claims.Claim]]]:
+    """(chapter, claims) from a claims.json or executed notebook, every one under a folder, or the committed notebooks.
+
+    Under a folder, a folder's claims.json is read, else its executed notebooks' glued claims; a
+    notebook that stopped before its claims cell is skipped with a note. Every record is checked
+    against the schema (:func:`claims.from_glued`); a malformed one is a UsageError naming the file.
+    """
+    if target is None:
+        sources = [("", path, _glued_notebook(path)) for path in chapter_notebooks().values()]
     else:
-        base = Path(folder)
-        if not base.is_dir():
-            raise UsageError(f"check: {folder} is not a folder")
-        sources = []
-        for path in sorted(base.rglob("claims.json")):
-            try:
-                glued = json.loads(path.read_text())
-            except ValueError as err:
-                raise UsageError(f"{path}: not JSON ({err})") from None
-            where = path.parent.relative_to(base).as_posix()
-            chapter = glued.get("chapter", "?") if isinstance(glued, dict) else "?"
-            sources.append((chapter if where == "." else f"{chapter} ({where})", path, glued))
-        if not sources:
-            raise UsageError(f"check: no claims.json under {folder}")
+        base = Path(target)
+        if base.is_file():
+            sources = [("", base, _glued_notebook(base) if base.suffix == ".ipynb" else _glued_json(base))]
+        elif base.is_dir():
+            sources = _sweep(base)
+            if not sources:
+                raise UsageError(f"check: no claims.json under {target} (nor an executed notebook with glued claims)")
+        else:
+            raise UsageError(f"check: {target} is not a folder, a claims.json or an executed notebook")
     out = []
-    for name, path, glued in sources:
+    for where, path, glued in sources:
         if glued is None:
             raise UsageError(f"{path} glued no {claims.GLUE_NAME!r} record; re-execute it")
         try:
-            out.append((name, claims.from_records(glued["claims"])))
-        except (KeyError, TypeError, ValueError) as err:
-            raise UsageError(f"{path}: malformed claims: {err}") from None
+            chapter_claims = claims.from_glued(glued)
+        except ValueError as err:
+            raise UsageError(f"{path}: {err}") from None
+        out.append((glued["chapter"] + (f" ({where})" if where else ""), chapter_claims))
     return out
+
+
+def _glued_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: cannot read it ({err})") from None
+    except ValueError as err:
+        raise UsageError(f"{path}: not JSON ({err})") from None
+
+
+def _glued_notebook(path: Path) -> dict | None:
+    nb = _glued_json(path)
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise UsageError(f"{path}: not a notebook (no list of cells)")
+    return claims.records_from_notebook(nb)
+
+
+def _sweep(base: Path) -> list[tuple[str, Path, dict]]:
+    """(where, path, glued) of every claims.json under ``base``, and of notebooks in folders without one."""
+    sources = []
+    for folder, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not SKIPPED.search(d))
+        folder = Path(folder)
+        where = folder.relative_to(base).as_posix()
+        if "claims.json" in files:
+            sources.append(("" if where == "." else where, folder / "claims.json", _glued_json(folder / "claims.json")))
+            continue
+        for name in sorted(f for f in files if f.endswith(".ipynb")):
+            glued = _glued_notebook(folder / name)
+            if glued is None:
+                print(f"note: skipped {folder / name}: no glued claims (it stopped before its claims cell, "
+                      "or is not executed)", file=sys.stderr)
+                continue
+            sources.append((name if where == "." else f"{where}/{name}", folder / name, glued))
+    return sources
 
 
 def cmd_check(args) -> int:
@@ -300,7 +674,7 @@ def cmd_check(args) -> int:
     rows, bad = [], 0
     for source, chapter_claims in collected:
         for k, c in enumerate(chapter_claims):
-            rows.append((source if k == 0 else "", c.statement, c.paper, claims.rounded(c.ours), c.tolerance, c.status))
+            rows.append((source if k == 0 else "", c.statement, c.paper, claims.rounded(c.ours), c.tolerance, c.label))
             bad += not c.ok
     print(format_table(("chapter", "claim", "paper / theory", "ours", "tolerance", "status"), rows))
     counts = Counter(c.status for _, cs in collected for c in cs)
@@ -347,11 +721,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a preset field (repeatable); seed and device too")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    run.add_argument("--out", metavar="DIR", help="output folder (default: runs/CHAPTER-PRESET)")
+    run.add_argument("--out", metavar="DIR", help="output folder (default: runs/CHAPTER-PRESET); "
+                     "a run whose claims fail goes to DIR.failed")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="no live progress (current cell, elapsed time, progress bars) on stderr")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="every chapter's claims as one table; non-zero exit on a failure")
-    check.add_argument("dir", nargs="?", help="read claims.json files under DIR (default: the committed notebooks)")
+    check.add_argument("dir", nargs="?", metavar="PATH",
+                       help="a claims.json, an executed notebook, or a folder: every claims.json under it (else its "
+                            "executed notebooks); default: the committed notebooks")
     check.set_defaults(func=cmd_check)
 
     timings = sub.add_parser("timings", help="each chapter's last execution time in the book build (make book prints it)")

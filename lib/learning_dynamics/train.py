@@ -62,8 +62,50 @@ def progress_enabled() -> bool:
 
 
 def progress(iterable=None, **kwargs):
-    """The library's one progress bar (tqdm), silenced by LD_PROGRESS=0."""
-    return tqdm(iterable, disable=not progress_enabled(), leave=False, **kwargs)
+    """The library's one progress bar (tqdm), silenced by LD_PROGRESS=0.
+
+    Where LD_PROGRESS_FILE names a file (``python -m learning_dynamics run`` sets it for the chapter's
+    kernel, whose own output never reaches the terminal), the loop also appends its state to that file
+    as JSON lines ``{"desc", "n", "total", "done"}``: at its start, at most four times a second, and at
+    its end, whether or not the bar itself shows. It then returns a plain iterator, not the tqdm object.
+    """
+    bar = tqdm(iterable, disable=not progress_enabled(), leave=False, **kwargs)
+    path = os.environ.get("LD_PROGRESS_FILE")
+    if not path or iterable is None:
+        return bar
+    import json
+    import time
+
+    total = kwargs.get("total")
+    if total is None:
+        try:
+            total = len(iterable)
+        except TypeError:
+            total = None
+    desc = kwargs.get("desc") or ""
+
+    def report(n: int, done: bool = False) -> None:
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"desc": desc, "n": n, "total": total, "done": done}) + "\n")
+        except OSError:
+            pass  # progress is a courtesy: an unwritable file never stops a computation
+
+    def reported():
+        n, last = 0, time.monotonic()
+        report(0)
+        try:
+            for item in bar:
+                yield item
+                n += 1
+                now = time.monotonic()
+                if now - last >= 0.25:
+                    report(n)
+                    last = now
+        finally:
+            report(n, done=True)
+
+    return reported()
 
 
 def n_networks(params: dict[str, torch.Tensor]) -> int:
