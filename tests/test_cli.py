@@ -514,5 +514,8 @@ def test_progress_writes_few_lines_and_nothing_without_the_file(tmp_path, monkey
     elapsed = time.perf_counter() - start
     lines = path.read_text().splitlines()
     assert 2 <= len(lines) <= 2 + 4 * elapsed + 1, "at most four reports a second"
+    path.unlink()
+    list(train.progress(range(3), desc="resumed", initial=5))
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [5, 8]
     monkeypatch.setenv("LD_PROGRESS_FILE", str(tmp_path / "absent" / "progress"))
     assert list(train.progress(range(3))) == [0, 1, 2], "an unwritable file never stops a computation"

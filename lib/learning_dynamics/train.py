@@ -92,8 +92,8 @@ def progress(iterable=None, **kwargs):
             pass  # progress is a courtesy: an unwritable file never stops a computation
 
     def reported():
-        n, last = 0, time.monotonic()
-        report(0)
+        n, last = kwargs.get("initial", 0), time.monotonic()  # a resumed loop (sweep) starts at initial
+        report(n)
         try:
             for item in bar:
                 yield item
