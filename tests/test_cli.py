@@ -519,3 +519,15 @@ def test_progress_writes_few_lines_and_nothing_without_the_file(tmp_path, monkey
     assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [5, 8]
     monkeypatch.setenv("LD_PROGRESS_FILE", str(tmp_path / "absent" / "progress"))
     assert list(train.progress(range(3))) == [0, 1, 2], "an unwritable file never stops a computation"
+
+
+def test_params_lists_every_field_with_its_range_and_preset_values():
+    result = ld("params", "neural_race")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:5] == ["parameter", "allowed", "smoke", "book", "paper"]
+    for d in presets.describe("neural_race"):
+        assert any(line.startswith(d["name"] + " ") for line in lines), d["name"]
+    assert "an integer in [0, 4294967295]" in result.stdout
+    bad = ld("params", "nope")
+    assert bad.returncode == 2 and "chapter must be one of" in bad.stderr

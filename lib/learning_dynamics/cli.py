@@ -141,6 +141,25 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_params(args) -> int:
+    """Every parameter of a chapter: its allowed values, its value at each preset, and its help."""
+    try:
+        described = presets.describe(args.chapter)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    head = ("parameter", "allowed", *presets.PRESET_NAMES, "help")
+    rows = [(d["name"], d["allowed"], *(_value_text(d["values"][p]) for p in presets.PRESET_NAMES), d["help"])
+            for d in described]
+    print(format_table(head, rows))
+    print(f"\noverride with `run {args.chapter} -p NAME=VALUE` (or papermill's -p overrides '{{\"NAME\": VALUE}}').")
+    return 0
+
+
+def _value_text(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
 # ---- run -------------------------------------------------------------------------------------
 
 
@@ -711,8 +730,11 @@ def cmd_timings(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="learning-dynamics", description="Run and check the book's chapters.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,run,check,timings}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{list,params,run,check,timings}")
     sub.add_parser("list", help="chapters, their figures, presets and run times").set_defaults(func=cmd_list)
+    params = sub.add_parser("params", help="every parameter of a chapter: allowed values and the value at each preset")
+    params.add_argument("chapter", help="a chapter name (see `list`)")
+    params.set_defaults(func=cmd_params)
 
     run = sub.add_parser("run", help="execute one chapter into a folder (notebook, figures, claims.json)")
     run.add_argument("chapter", help="a chapter name (see `list`)")

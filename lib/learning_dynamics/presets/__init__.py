@@ -191,6 +191,21 @@ def start_chapter(chapter: str, preset: str = "book", *, seed: int = 0, device: 
     return cfg
 
 
+def describe(chapter: str) -> list[dict]:
+    """Each parameter a reader may set: name, allowed values, help, and its value at each preset (seed first)."""
+    _discover()
+    check_choice("chapter", chapter, sorted(_REGISTRY))
+    cls, sizes = _REGISTRY[chapter]
+    out = []
+    for f in dataclasses.fields(cls):
+        if "constraint" not in f.metadata:
+            continue
+        values = {p: sizes[p].get(f.name, f.default) for p in PRESET_NAMES}
+        out.append({"name": f.name, "allowed": f.metadata["constraint"].describe(), "help": f.metadata["help"],
+                    "values": values})
+    return out
+
+
 def fields_of(chapter: str) -> dict[str, str]:
     """Each overridable parameter of a chapter with its allowed range and help."""
     _discover()
