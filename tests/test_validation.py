@@ -290,8 +290,188 @@ def _figure():
     return Figure()
 
 
+@functools.cache
+def _tree():
+    from learning_dynamics.tasks import hierarchy
+
+    return hierarchy.tree_task(depth=1, hidden=3)  # 2 items, x -> h -> y: one pathway of two edges
+
+
+@functools.cache
+def _race():
+    from learning_dynamics import gated
+
+    task = _tree()
+    return gated.race_reduction(task.net, task.data, task.modes_in, task.modes_out)
+
+
+def _gated(name):
+    from learning_dynamics import gated
+
+    task, race = _tree(), _race()
+    net, data, modes = task.net, task.data, dict(modes_in=task.modes_in, modes_out=task.modes_out)
+    bases = gated.node_bases(net, seed=0, **modes)
+    params = gated.orthogonal_init(net, 0.5, 2, seed=0)
+    batch = gated.data_tensors(net, data, 2)
+    start = gated.signed_strengths(race, 0.1)
+    return {
+        "graph.aligned_init": lambda: dict(net=net, bases=bases, strengths=np.full((2, 2), 0.1), device="cpu"),
+        "graph.edge_projector": lambda: dict(net=net, bases=bases, dtype=torch.float64, device=torch.device("cpu")),
+        "graph.gated_correlations": lambda: dict(net=net, data=data),
+        "graph.gated_data": lambda: dict(net=net, inputs=data.inputs, targets=data.targets, node_gates={}, edge_gates=None,
+                                         weights=[1.0, 0.5]),
+        "graph.node_bases": lambda: dict(net=net, seed=1, **modes),
+        "graph.orthogonal_init": lambda: dict(net=net, scale=[0.5, 1.0], n_networks=2, seed=0, device="cpu"),
+        "graph.pathway_gates": lambda: dict(net=net, data=data),
+        "graph.pathway_projector": lambda: dict(net=net, dtype=torch.float64, device="cpu", **modes),
+        "loss.correlation_batch": lambda: dict(net=net, data=data, n_networks=2, device="cpu"),
+        "loss.correlation_loss": lambda: dict(net=net, groups=gated.correlation_batch(net, data)[0]),
+        "loss.data_tensors": lambda: dict(net=net, data=[data, data], n_networks=2, device="cpu"),
+        "loss.loss_function": lambda: dict(net=net),
+        "loss.output_errors": lambda: dict(net=net, params=params, batch=batch, groups=[0, 1], n_groups=2),
+        "loss.train_gdln": lambda: dict(net=net, params=params, data=data, steps=2, lr=0.01, record=lambda p: {},
+                                        record_every=1, seed=0, desc="gated"),
+        "race.aligned_runs": lambda: dict(tasks=[task], b0=0.1, lr=0.01, steps=2, records=2, seed=0, flow=True, device="cpu"),
+        "race.chain_solve": lambda: dict(t=[0.0, 0.5], b0=[0.1, 0.2], weights=[1.0, 2.0], target=1.0),
+        "race.race_loss": lambda: dict(b=start, race=race),
+        "race.race_products": lambda: dict(b=start, race=race),
+        "race.race_reduction": lambda: dict(net=net, data=data, tol=1e-8, **modes),
+        "race.race_solve": lambda: dict(t=[0.0, 0.1], b0=start, race=race, rtol=1e-8, atol=1e-12),
+        "race.race_steps": lambda: dict(b0=start, race=race, lr=0.01, steps=2, record_every=1),
+        "race.reduced_products": lambda: dict(tasks=[task], b0=0.1, t=[0.0, 0.1]),
+        "race.signed_strengths": lambda: dict(race=race, b0=0.1),
+    }[name]()
+
+
+@functools.cache
+def _regression():
+    from learning_dynamics import tasks
+
+    return tasks.random_regression(10, 2, 2, seed=0)
+
+
+def _u0_w0():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+
+
+def _shallow(name):
+    from learning_dynamics import shallow
+
+    u0, w0 = _u0_w0()
+    hyper = dict(gamma=1.0, c=1.0, eta_u=2.0, eta_w=0.5)
+    overlaps = dict(uu=1.0, ww=2.0, uw=0.5, cross=float(np.sqrt(1.75)))
+    stats = shallow.mechanism_stats(shallow.final_state(**overlaps, **hyper))
+    digits_x, digits_y = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), \
+        torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    return {
+        "classify": lambda: dict(stats=stats, kernel_tol=0.05, angle_tol=1e-6),
+        "clear_of_kernel_threshold": lambda: dict(stats=stats, margin=0.1, kernel_tol=0.05),
+        "conserved": lambda: dict(u=u0, w=w0, eta_u=1.0, eta_w=[1.0, 2.0]),
+        "digit_parity_data": lambda: dict(n_samples=20, seed=0),
+        "exponent_diagram": lambda: dict(a=[0.5, 1.0], b=0.0, width=10, e=0.0, c=1.0, seed=0),
+        "final_state": lambda: dict(**overlaps, **hyper),
+        "gaussian_init": lambda: dict(widths=[2, 3], n_seeds=2, seed=0, d_max=4),
+        "gaussian_overlaps": lambda: dict(widths=[2], n_seeds=2, seed=0),
+        "gd_runs": lambda: dict(u0=u0, w0=w0, **hyper, lr=0.01, steps=2, record_every=1, device="cpu", desc="GD"),
+        "integrate_flow": lambda: dict(t=[0.0, 0.5], u0=u0, w0=w0, **hyper, rtol=1e-8, atol=1e-10),
+        "kernel_ratio": lambda: dict(uu=1.0, ww=2.0, uw=0.5, **hyper),
+        "mechanism_map": lambda: dict(scale=[0.5, 2.0], zeta0=0.5, c=1.0),
+        "mechanism_stats": lambda: dict(traj=shallow.final_state(**overlaps, **hyper)),
+        "observables_of_weights": lambda: dict(u=u0, w=w0, **hyper),
+        "overlaps": lambda: dict(u0=u0, w0=w0),
+        "power_law_exponent": lambda: dict(x=[1.0, 10.0], y=[1.0, 0.1]),
+        "prototype_inits": lambda: dict(widths=[2], rescaling_widths=[1], seed=0),
+        "scaled_inits": lambda: dict(widths=[4], n_seeds=2, a=0.5, b=0.0, c=1.0, eta_ratio=1.0, seed=0, label="NTK"),
+        "solve": lambda: dict(t=[0.0, 1.0], u0=u0, w0=w0, **hyper),
+        "solve_overlaps": lambda: dict(t=[0.0, 1.0], **overlaps, **hyper),
+        "tanh_inits": lambda: dict(x=digits_x, y=digits_y, width=3, seed=0),
+        "tanh_runs": lambda: dict(x=digits_x, y=digits_y, width=3, lr=0.1, steps=2, record_every=1, seed=0, device="cpu"),
+        "weights": lambda: dict(t=[0.0, 1.0], u0=u0, w0=w0, **hyper),
+    }[name]()
+
+
+def _linear(name):
+    from learning_dynamics import tasks
+
+    x, y = _regression()
+    return {
+        "aligned_kernel_distance": lambda: dict(t=0.5, lam=[0.0, 1.0], x=x, y=y, scale=2.0),
+        "crossing_times": lambda: dict(times=[0.0, 1.0, 2.0], curves=[[0.0, 0.6, 1.0]], level=0.5),
+        "deep_mode": lambda: dict(t=[0.0, 1.0], target=1.5, u0=1e-3, depth=3, rate=0.4),
+        "deep_mode_time": lambda: dict(u=0.5, target=1.5, u0=1e-3, depth=3, rate=0.4),
+        "gamma_plus": lambda: dict(sigma0=1.0, s0=0.5, target=1.0),
+        "growth_fixed_point": lambda: dict(plus=0.3, minus=0.2, target=1.0),
+        "lambda_grid_init": lambda: dict(x=x, y=y, lams=[0.0, 1.0], scales=[1.0, 2.0], seed=0, aligned=True),
+        "lambda_grid_runs": lambda: dict(x=x, y=y, lams=[0.0, 1.0], scales=[1.0, 2.0], lr=0.01, steps=2, seed=0,
+                                         aligned=False, closed_form=True, device="cpu"),
+        "layerwise_flow": lambda: dict(t=[0.0, 0.5], a0=0.1, b0=0.1, target=1.0, rate=1.0, rtol=1e-8, atol=1e-10),
+        "mode_product": lambda: dict(t=[0.0, 1.0], target=1.0, u0=0.1, imbalance=0.5, rate=1.0),
+        "one_layer_half_time": lambda: dict(rate=0.5),
+        "one_layer_mode": lambda: dict(t=[0.0, 1.0], target=1.0, rate=1.0, theta0=0.2),
+        "plus_minus_from_product": lambda: dict(u0=0.1, imbalance=1.0),
+        "product_growth": lambda: dict(t=[0.0, 1.0], plus=0.3, minus=0.2, target=1.0, rate=1.0),
+        "sigmoid_half_time": lambda: dict(target=1.0, u0=0.01, rate=1.0),
+        "sigmoid_mode": lambda: dict(t=[0.0, 1.0], target=1.0, u0=0.01, rate=1.0),
+        "skill_runs": lambda: dict(sampler=tasks.skill_sampler([0.5, 0.5], 1.0, 2, 4), n_skills=2, init=0.1, lr=0.01,
+                                   steps=2, n_seeds=2, seed=0, record_every=1, device="cpu"),
+        "whiten": lambda: dict(x=np.random.default_rng(0).normal(size=(2, 5))),
+        "width_toy_runs": lambda: dict(sigma0s=[0.1, 1.0], width=3, target=1.0, lr=1e-3, steps=2, n_seeds=1, seed=0,
+                                       record_every=1, device="cpu"),
+    }[name]()
+
+
+@functools.cache
+def _digits():
+    from learning_dynamics.tasks import digits
+
+    return digits.load(20, seed=0)
+
+
+def _chain():
+    return dict(mu_fwd=0.1, mu_back=0.2, eps=0.1, n_blocks=2, k=1.0, steps=2, pull=1.0, replicas=1, average_last=0.5,
+                record_every=1, seed=0, device="cpu")
+
+
+def _train():
+    from learning_dynamics import linear
+
+    ones = torch.ones(2, 2, 2, dtype=torch.float64)
+    return dict(loss_fn=linear.matrix_loss, params={"w1": 0.5 * ones, "w2": 0.5 * ones}, steps=2, lr=0.1,
+                data=(ones, ones), optimizer="gd", gradients="stacked", record=lambda p: {}, record_every=1, seed=0,
+                desc="training")
+
+
 # Valid keyword arguments for every declared function: "<module>.<function>" -> a function returning them.
 VALID = {
+    **{f"gated.{name}": functools.partial(_gated, name) for name in (
+        "graph.aligned_init", "graph.edge_projector", "graph.gated_correlations", "graph.gated_data", "graph.node_bases",
+        "graph.orthogonal_init", "graph.pathway_gates", "graph.pathway_projector", "loss.correlation_batch",
+        "loss.correlation_loss", "loss.data_tensors", "loss.loss_function", "loss.output_errors", "loss.train_gdln",
+        "race.aligned_runs", "race.chain_solve", "race.race_loss", "race.race_products", "race.race_reduction",
+        "race.race_solve", "race.race_steps", "race.reduced_products", "race.signed_strengths")},
+    **{f"linear.{name}": functools.partial(_linear, name) for name in (
+        "aligned_kernel_distance", "crossing_times", "deep_mode", "deep_mode_time", "gamma_plus", "growth_fixed_point",
+        "lambda_grid_init", "lambda_grid_runs", "layerwise_flow", "mode_product", "one_layer_half_time", "one_layer_mode",
+        "plus_minus_from_product", "product_growth", "sigmoid_half_time", "sigmoid_mode", "skill_runs", "whiten",
+        "width_toy_runs")},
+    "mlp.init_params": lambda: dict(n_networks=2, n_in=3, width=4, depth=2, n_out=2, generator=torch.Generator(),
+                                    dtype=torch.float32, device="cpu"),
+    "mlp.train_grid": lambda: dict(data=_digits(), alphas=[0.0], noises=[0.0], n_seeds=1, noise_kind="data", width=4,
+                                   depth=1, steps=1, lr=1e-3, dropout=0.0, data_noise=0.0, seed=0, dtype=torch.float32,
+                                   device="cpu"),
+    **{f"shallow.{name}": functools.partial(_shallow, name) for name in (
+        "classify", "clear_of_kernel_threshold", "conserved", "digit_parity_data", "exponent_diagram", "final_state",
+        "gaussian_init", "gaussian_overlaps", "gd_runs", "integrate_flow", "kernel_ratio", "mechanism_map",
+        "mechanism_stats", "observables_of_weights", "overlaps", "power_law_exponent", "prototype_inits", "scaled_inits",
+        "solve", "solve_overlaps", "tanh_inits", "tanh_runs", "weights")},
+    "springblock.chain_diagram": lambda: dict(mu=[0.1], eps=[0.0, 0.1], asymmetry=1.5, n_blocks=2, steps=2),
+    "springblock.first_order": lambda: _chain() | dict(eta=0.01),
+    "springblock.profile": lambda: dict(d=[0.2, 0.3, 0.5], pull=1.0),
+    "springblock.profile_large_noise": lambda: dict(mu_fwd=0.1, mu_back=0.2, n_blocks=2, k=1.0, pull=1.0),
+    "springblock.profile_no_noise": lambda: dict(mu=0.1, n_blocks=2, k=1.0, pull=1.0),
+    "springblock.second_order": lambda: _chain() | dict(mass=1.0, damping=1.0, decay=0.001, dt=0.05),
+    "train.train": _train,
     "ode.integrate": lambda: dict(rhs=lambda y: -y, t=[0.0, 0.5, 1.0], y0=[1.0, 2.0]),
     **{f"operators.{name}": functools.partial(_operators, name) for name in (
         "alignment_history", "checkpoint", "dense_reference", "final_spectra", "first_order_check",

@@ -24,13 +24,25 @@ import torch
 from .ode import integrate
 from .results import Run
 from .train import train
-from .validation import check_array, check_device, check_generator, check_int, check_positive
+from .validation import Array, Boolean, Device, Integer, Real, Seed, check_generator, validate_params, value_text
+from .validation import Callable as AnyCallable
+
+# What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
+_ARRAY = Array()
+_POSITIVE = Array(positive=True)
+_RATE = Real(low=0.0, strict_low=True)
+
+
+def _minimum(name: str, value: np.ndarray, allowed: str) -> str:
+    """``"<name> must be <allowed>; got <value>, with minimum <min>"``: the message of an element-wise bound."""
+    return f"{name} must be {allowed}; got {value_text(value)}, with minimum {float(np.min(value))!r}"
 
 # ---------------------------------------------------------------------------
 # One mode: the exact solution of the two-layer product dynamics
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"u0": _ARRAY, "imbalance": _ARRAY})
 def plus_minus_from_product(u0, imbalance):
     """(P, M) with P - M = u0 and 16 P M = C^2, for product u0 and C = a0^2 - b0^2."""
     u0 = np.asarray(u0, dtype=np.float64)
@@ -40,14 +52,14 @@ def plus_minus_from_product(u0, imbalance):
     return plus, plus - u0
 
 
+@validate_params({"plus": _POSITIVE, "minus": _ARRAY, "target": _ARRAY})
 def growth_fixed_point(plus, minus, target):
-    """h(inf) = g(inf)^2: the positive root of P h^2 - s h - M = 0."""
+    """h(inf) = g(inf)^2: the positive root of P h^2 - s h - M = 0 (``plus`` > 0: a component that can grow)."""
     plus, minus, target = (np.asarray(a, dtype=np.float64) for a in (plus, minus, target))
-    if np.any(plus <= 0):
-        raise ValueError("plus must be > 0 (the product needs a component that can grow)")
     return (target + np.sqrt(target**2 + 4.0 * plus * minus)) / (2.0 * plus)
 
 
+@validate_params({"t": _ARRAY, "plus": _POSITIVE, "minus": _ARRAY, "target": _ARRAY, "rate": _POSITIVE})
 def product_growth(t, plus, minus, target, rate=1.0):
     """h(t) = g(t)^2 for dh/dt = 2 rate (s h - P h^2 + M), h(0) = 1.
 
@@ -57,9 +69,9 @@ def product_growth(t, plus, minus, target, rate=1.0):
     t = np.asarray(t, dtype=np.float64)
     plus, minus, target, rate = (np.asarray(a, dtype=np.float64) for a in (plus, minus, target, rate))
     if np.any(minus < 0):
-        raise ValueError("minus must be >= 0 (it is a squared norm)")
+        raise ValueError(_minimum("minus", minus, ">= 0 everywhere (it is a squared norm)"))
     if np.any(t < 0):
-        raise ValueError("t must be >= 0")
+        raise ValueError(_minimum("t", t, ">= 0 everywhere"))
     h_plus = growth_fixed_point(plus, minus, target)
     h_minus = -minus / (plus * h_plus)  # product of the roots is -M/P
     ratio = (1.0 - h_plus) / (1.0 - h_minus)
@@ -67,6 +79,7 @@ def product_growth(t, plus, minus, target, rate=1.0):
     return (h_plus - h_minus * q) / (1.0 - q)
 
 
+@validate_params({"t": _ARRAY, "target": _ARRAY, "u0": _ARRAY, "imbalance": _ARRAY, "rate": _POSITIVE})
 def mode_product(t, target, u0, imbalance=0.0, rate=1.0):
     """u(t) of one two-layer mode: du/dt = rate sqrt(C^2 + 4u^2) (s - u).
 
@@ -76,18 +89,21 @@ def mode_product(t, target, u0, imbalance=0.0, rate=1.0):
     u0 = np.asarray(u0, dtype=np.float64)
     c = np.asarray(imbalance, dtype=np.float64)
     if np.any((c == 0) & (u0 <= 0)):
-        raise ValueError("u0 must be > 0 when imbalance = 0 (a balanced mode at u0 <= 0 never grows)")
+        raise ValueError(f"u0 must be > 0 where imbalance = 0 (a balanced mode at u0 <= 0 never grows); got u0 = "
+                         f"{value_text(u0)} with imbalance = {value_text(c)}")
     plus, minus = plus_minus_from_product(u0, c)
     h = product_growth(t, plus, minus, target, rate)
     return plus * h - minus / h
 
 
+@validate_params({"t": _ARRAY, "target": _ARRAY, "u0": _POSITIVE, "rate": _POSITIVE})
 def sigmoid_mode(t, target, u0, rate=1.0):
     """Balanced small start: u/s = 1 / (1 + (s/u0 - 1) exp(-2 s rate t)) (Saxe et al. 2014)."""
     t, target, u0, rate = (np.asarray(a, dtype=np.float64) for a in (t, target, u0, rate))
     return target / (1.0 + (target / u0 - 1.0) * np.exp(-2.0 * target * rate * t))
 
 
+@validate_params({"a0": _ARRAY, "b0": _ARRAY, "target": _ARRAY, "rate": _POSITIVE, "rtol": _RATE, "atol": Real(low=0.0)})
 def layerwise_flow(t, a0, b0, target, rate=1.0, *, rtol: float = 1e-12, atol: float = 1e-14):
     """The two layers of u = a b under gradient flow, integrated numerically (:func:`learning_dynamics.ode.integrate`).
 
@@ -107,23 +123,27 @@ def layerwise_flow(t, a0, b0, target, rate=1.0, *, rtol: float = 1e-12, atol: fl
     return z[:, 0], z[:, 1]
 
 
+@validate_params({"target": _ARRAY, "u0": _POSITIVE, "rate": _POSITIVE})
 def sigmoid_half_time(target, u0, rate=1.0):
     """Time at which a balanced mode reaches half its target: ln(s/u0 - 1) / (2 s rate)."""
     target, u0, rate = (np.asarray(a, dtype=np.float64) for a in (target, u0, rate))
     return np.log(target / u0 - 1.0) / (2.0 * target * rate)
 
 
+@validate_params({"t": _ARRAY, "target": _ARRAY, "rate": _POSITIVE, "theta0": _ARRAY})
 def one_layer_mode(t, target, rate=1.0, theta0=0.0):
     """A linear (one-layer) parameter: theta(t) = s - (s - theta0) exp(-rate t)."""
     t, target, rate, theta0 = (np.asarray(a, dtype=np.float64) for a in (t, target, rate, theta0))
     return target - (target - theta0) * np.exp(-rate * t)
 
 
+@validate_params({"rate": _POSITIVE})
 def one_layer_half_time(rate=1.0):
     """Half time of a linear parameter from zero: ln 2 / rate (no delay)."""
     return np.log(2.0) / np.asarray(rate, dtype=np.float64)
 
 
+@validate_params({"sigma0": _POSITIVE, "s0": _ARRAY, "target": _ARRAY})
 def gamma_plus(sigma0, s0, target):
     """Growth factor of every (a_i + b_i)^2 in the width-Z toy (Nam et al. 2025, Sec. 7).
 
@@ -132,8 +152,10 @@ def gamma_plus(sigma0, s0, target):
     :func:`product_growth` with P = (Sigma0 + S0)/2, M = (Sigma0 - S0)/2.
     """
     sigma0, s0 = np.asarray(sigma0, dtype=np.float64), np.asarray(s0, dtype=np.float64)
-    if np.any(np.abs(s0) > sigma0):
-        raise ValueError("|S0| must be <= Sigma0 (by Cauchy-Schwarz)")
+    excess = np.abs(s0) - sigma0
+    if np.any(excess > 0):
+        raise ValueError(f"|S0| must be <= Sigma0 (by Cauchy-Schwarz); got s0 = {value_text(s0)} and sigma0 = "
+                         f"{value_text(sigma0)}, with |S0| - Sigma0 up to {float(np.max(excess))!r}")
     return growth_fixed_point((sigma0 + s0) / 2.0, (sigma0 - s0) / 2.0, target)
 
 
@@ -214,11 +236,12 @@ def aligned_layer_grams(t, lam, target_svals, u0, u, v):
     return w1tw1, w2w2t
 
 
+@validate_params({"x": Array(ndim=2)})
 def whiten(x):
     """Centre and whiten columns-as-samples data X (d x N) so that X X^T / N = I."""
-    x = check_array("x", x, ndim=2)
     d, n = x.shape
-    check_int("number of samples", n, low=d + 1)
+    if n < d + 1:
+        raise ValueError(f"x must have a number of samples (columns) >= d + 1 = {d + 1} to be whitened; got shape {x.shape}")
     x = x - x.mean(axis=1, keepdims=True)
     cov = x @ x.T / n
     evals, evecs = np.linalg.eigh(cov)
@@ -295,13 +318,14 @@ def width_toy_grad_and_value(params, target):
     return {"a": scaled * b, "b": scaled * a}, 0.5 * error**2
 
 
+@validate_params({"sampler": AnyCallable(), "n_skills": Integer(low=1), "init": _RATE, "lr": _RATE, "steps": Integer(low=1),
+                  "n_seeds": Integer(low=1), "seed": Integer(low=0), "record_every": Integer(low=1), "device": Device()})
 def skill_runs(sampler, n_skills, *, init, lr, steps, n_seeds, seed, record_every, device="cpu"):
     """Online SGD of the layerwise (a_k = b_k = init) and linear (theta = 0) models on skill data.
 
     Returns a :class:`~learning_dynamics.results.Run` whose records ``layerwise`` (a_k b_k) and
     ``linear`` (theta_k) have shape (n_records, n_seeds, K).
     """
-    init = check_positive("init", init)
     shape = (n_seeds, n_skills)
     ones = torch.ones(shape, dtype=torch.float64, device=device)
     layerwise = train(
@@ -318,9 +342,12 @@ def skill_runs(sampler, n_skills, *, init, lr, steps, n_seeds, seed, record_ever
                records={"layerwise": layerwise.records["coef"], "linear": linear.records["coef"]})
 
 
+@validate_params({"times": Array(ndim=1), "curves": _ARRAY, "level": Real()})
 def crossing_times(times, curves, level):
     """First time each curve (last axis = time) crosses ``level``, linearly interpolated; NaN if never."""
-    curves = np.asarray(curves, dtype=np.float64)
+    if curves.ndim < 1 or curves.shape[-1] != len(times):
+        raise ValueError(f"curves must have len(times) = {len(times)} values on their last (time) axis; "
+                         f"got shape {curves.shape}")
     above = curves >= level
     first = np.argmax(above, axis=-1)
     hit = above.any(axis=-1) & (first > 0)
@@ -331,6 +358,7 @@ def crossing_times(times, curves, level):
     return np.where(hit, times[i - 1] + frac * (times[i] - times[i - 1]), np.nan)
 
 
+@validate_params({"lams": Array(ndim=1), "scales": Array(ndim=1, positive=True), "seed": Seed(), "aligned": Boolean()})
 def lambda_grid_init(x, y, lams, scales, *, seed, aligned=False):
     """Stacked lambda-balanced 2-2-2 inits (W1, W2) for a grid of (lambda, scale).
 
@@ -343,10 +371,8 @@ def lambda_grid_init(x, y, lams, scales, *, seed, aligned=False):
     """
     lams = torch.as_tensor(lams, dtype=torch.float64)
     scales = torch.as_tensor(scales, dtype=torch.float64)
-    if lams.shape != scales.shape or lams.ndim != 1:
+    if lams.shape != scales.shape:
         raise ValueError(f"lams and scales must be 1-D of equal length; got {tuple(lams.shape)} and {tuple(scales.shape)}")
-    if torch.any(scales <= 0):
-        raise ValueError("scales must be > 0")
     n, d = lams.numel(), x.shape[0]
     gen = check_generator(seed)
     if aligned:
@@ -365,6 +391,8 @@ def lambda_grid_data(x, y, scales):
     return torch.as_tensor(x).expand(scales.numel(), *x.shape), torch.as_tensor(y)[None] / scales[:, None, None]
 
 
+@validate_params({"lams": Array(ndim=1), "scales": Array(ndim=1, positive=True), "lr": _RATE, "steps": Integer(low=1),
+                  "seed": Integer(low=0), "aligned": Boolean(), "closed_form": Boolean(), "device": Device()})
 def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, closed_form=True, device="cpu"):
     """Full-batch GD of 2-2-2 linear networks from :func:`lambda_grid_init`, fitting Y / scale, in one batched run.
 
@@ -373,7 +401,6 @@ def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, clos
     final drift of the conserved matrix as ``final["conserved"]``. The gradients are :func:`matrix_grad_and_value`'s closed
     form, or autograd's with ``closed_form=False`` (the benchmark compares them).
     """
-    check_device("device", device)
     w1, w2 = (w.to(device) for w in lambda_grid_init(x, y, lams, scales, seed=seed, aligned=aligned))
     lams = torch.as_tensor(lams, dtype=torch.float64, device=device)
     d = x.shape[0]
@@ -390,6 +417,9 @@ def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, clos
     return result
 
 
+@validate_params({"sigma0s": Array(ndim=1, positive=True), "width": Integer(low=1), "target": Real(), "lr": _RATE,
+                  "steps": Integer(low=1), "n_seeds": Integer(low=1), "seed": Integer(low=0),
+                  "record_every": Integer(low=1), "device": Device()})
 def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_every, device="cpu"):
     """GD on the width-Z scalar toy for each initial scale Sigma0 and seed, in one batched run.
 
@@ -403,13 +433,11 @@ def width_toy_runs(sigma0s, width, target, *, lr, steps, n_seeds, seed, record_e
     (a_i + b_i)(0) of shape (networks, Z), and the largest drift of
     a_i^2 - b_i^2 per network, relative to a_i^2 + b_i^2 at init.
     """
-    sigma0s = check_array("sigma0s", sigma0s, ndim=1, positive=True)
-    width = check_int("width", width, low=1)
     gen = check_generator(seed)
     scale = torch.as_tensor(np.repeat(sigma0s, n_seeds)).sqrt()[:, None]
     a = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)
     b = scale * torch.randn(scale.shape[0], width, generator=gen, dtype=torch.float64)
-    a, b = a.to(check_device("device", device)), b.to(device)  # drawn on the CPU: every device sees the same init
+    a, b = a.to(device), b.to(device)  # drawn on the CPU: every device sees the same init
     result = train(
         width_toy_loss, {"a": a, "b": b},
         data=(torch.full((a.shape[0],), float(target), dtype=torch.float64, device=device),),
@@ -435,6 +463,7 @@ def grams_kernel_distance(grams_start, grams_end, x):
     return kernel_distance(k0, k1).numpy()
 
 
+@validate_params({"t": _ARRAY, "lam": _ARRAY, "scale": _RATE})
 def aligned_kernel_distance(t, lam, x, y, scale):
     """Closed-form kernel distance after time t for the aligned lambda-balanced 2-layer network.
 
@@ -452,6 +481,7 @@ def aligned_kernel_distance(t, lam, x, y, scale):
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"u": _ARRAY, "target": _ARRAY, "u0": _ARRAY, "depth": Integer(low=2), "rate": _POSITIVE})
 def deep_mode_time(u, target, u0, depth, rate=1.0):
     """Time for one balanced mode of a depth-L chain to grow from u0 to u.
 
@@ -466,10 +496,10 @@ def deep_mode_time(u, target, u0, depth, rate=1.0):
     """
     from scipy.special import hyp2f1
 
-    depth = check_int("depth", depth, low=2)
     u, target, u0, rate = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (u, target, u0, rate)))
     if np.any(target <= 0) or np.any(u0 <= 0) or np.any(u0 > u) or np.any(u >= target):
-        raise ValueError("deep_mode_time needs 0 < u0 <= u < target")
+        raise ValueError(f"u, u0 and target must satisfy 0 < u0 <= u < target everywhere; got u = {value_text(u)}, "
+                         f"u0 = {value_text(u0)} and target = {value_text(target)}")
 
     def antiderivative(x):
         v = x ** (1.0 / depth)
@@ -479,20 +509,21 @@ def deep_mode_time(u, target, u0, depth, rate=1.0):
     return (antiderivative(u) - antiderivative(u0)) / (rate * target)
 
 
+@validate_params({"t": _ARRAY, "target": _ARRAY, "u0": _ARRAY, "depth": Integer(low=2), "rate": _POSITIVE})
 def deep_mode(t, target, u0, depth, rate=1.0):
     """u(t) of one balanced depth-L mode from u0 (the inverse of :func:`deep_mode_time`).
 
     Depth 2 is :func:`sigmoid_mode`; deeper chains invert the exact time
     integral by bisection in logit(u/s), to machine precision.
     """
-    depth = check_int("depth", depth, low=2)
     if depth == 2:
         return sigmoid_mode(t, target, u0, rate)
     t, target, u0, rate = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (t, target, u0, rate)))
     if np.any(t < 0):
-        raise ValueError("t must be >= 0")
+        raise ValueError(_minimum("t", t, ">= 0 everywhere"))
     if np.any(target <= 0) or np.any(u0 <= 0) or np.any(u0 >= target):
-        raise ValueError("deep_mode needs 0 < u0 < target")
+        raise ValueError(f"u0 and target must satisfy 0 < u0 < target everywhere; got u0 = {value_text(u0)} and "
+                         f"target = {value_text(target)}")
     lo = np.log(u0 / (target - u0))  # logit of the fraction learned
     hi = np.full_like(lo, 40.0)
     for _ in range(200):

@@ -22,20 +22,20 @@ from . import separation
 from .results import Run
 from .tasks import digits
 from .train import train
-from .validation import check_choice, check_device, check_float, check_generator, check_int, check_positive
+from .validation import (Array, Device, InstanceOf, Integer, Options, Real, check_float, check_generator, check_positive,
+                         validate_params)
 
 NOISE_KINDS = ("data", "dropout", "lr")
 BN_EPS = 1e-5
+_DTYPE = InstanceOf(torch.dtype)
 
 
+@validate_params({"n_networks": Integer(low=1), "n_in": Integer(low=1), "width": Integer(low=1), "depth": Integer(low=1),
+                  "n_out": Integer(low=1), "generator": InstanceOf(torch.Generator), "dtype": _DTYPE, "device": Device()})
 def init_params(n_networks: int, *, n_in: int, width: int, depth: int, n_out: int,
                 generator: torch.Generator, dtype=torch.float32, device="cpu") -> dict[str, torch.Tensor]:
     """PyTorch's default init for every network: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` weights and biases,
     BatchNorm scale 1 and shift 0. Each tensor has the network dimension in front."""
-    n_networks = check_int("n_networks", n_networks, low=1)
-    depth = check_int("depth", depth, low=1)
-    width = check_int("width", width, low=1)
-
     def uniform(*shape, fan_in):
         bound = 1.0 / math.sqrt(fan_in)
         return (torch.rand((n_networks,) + shape, generator=generator, dtype=dtype, device=device) * 2 - 1) * bound
@@ -123,6 +123,10 @@ class GridResult(Run):
         return separation.curvature(self.log_d)
 
 
+@validate_params({"alphas": Array(ndim=1), "noises": Array(ndim=1), "n_seeds": Integer(low=1),
+                  "noise_kind": Options(*NOISE_KINDS), "width": Integer(low=1), "depth": Integer(low=1),
+                  "steps": Integer(low=1), "lr": Real(low=0.0, strict_low=True), "dropout": Real(low=0.0, high=0.95),
+                  "data_noise": Real(low=0.0, high=1.0), "seed": Integer(low=0), "dtype": _DTYPE, "device": Device()})
 def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", width: int = 64, depth: int = 7,
                steps: int = 100, lr: float = 1e-3, dropout: float = 0.0, data_noise: float = 0.0,
                seed: int = 0, dtype=torch.float32, device: str = "cpu") -> GridResult:
@@ -137,24 +141,17 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     spawned from ``seed``. Every network trains on ``device``, where ``data``
     must already be (:func:`learning_dynamics.tasks.digits.load` takes ``device``).
     """
-    check_choice("noise_kind", noise_kind, NOISE_KINDS)
     x_train, y_train, x_test, y_test = data
-    wanted = torch.device(check_device("device", device))
+    wanted = torch.device(device)
     if any(t.device.type != wanted.type or wanted.index not in (None, t.device.index) for t in data):
         raise ValueError(f"data must be on device {device!r}; got tensors on {sorted({str(t.device) for t in data})} "
                          f"(load them with device={device!r})")
-    alphas = np.asarray(alphas, dtype=np.float64)
-    noises = np.asarray(noises, dtype=np.float64)
-    if alphas.ndim != 1 or noises.ndim != 1 or not len(alphas) or not len(noises):
+    if not len(alphas) or not len(noises):
         raise ValueError(f"alphas and noises must be non-empty 1-D sequences; got shapes {alphas.shape} and "
                          f"{noises.shape}")
-    n_seeds = check_int("n_seeds", n_seeds, low=1)
-    steps = check_int("steps", steps, low=1)
     for a in alphas:
         check_float("alpha", a, low=0.0, high=1.0)
-    lr = check_positive("lr", lr)
-    dropout = check_float("dropout", dropout, low=0.0, high=0.95)
-    data_noise = check_float("data_noise", data_noise, low=0.0, high=1.0)
+    lr, dropout, data_noise = float(lr), float(dropout), float(data_noise)  # the defaults too
     for value in noises:
         if noise_kind == "lr":
             check_positive("noises (learning rates)", value)
@@ -165,7 +162,7 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     grid_alpha, grid_noise, grid_seed = (g.ravel() for g in np.meshgrid(alphas, noises, np.arange(n_seeds),
                                                                           indexing="ij"))
     n = grid_alpha.size
-    init_seed, noise_seed = (int(v) for v in np.random.SeedSequence(check_int("seed", seed, low=0)).generate_state(2))
+    init_seed, noise_seed = (int(v) for v in np.random.SeedSequence(seed).generate_state(2))
     generator = check_generator(init_seed, device)
     base = init_params(n_seeds, n_in=x_train.shape[1], width=width, depth=depth, n_out=digits.N_CLASSES,
                        generator=generator, dtype=dtype, device=device)

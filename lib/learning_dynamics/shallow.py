@@ -37,7 +37,8 @@ from .linear import conserved_matrix, growth_fixed_point, product_growth
 from .ode import integrate
 from .results import Run
 from .train import train
-from .validation import check_array, check_generator, check_int, check_positive
+from .validation import (Array, Device, InstanceOf, Integer, Optional, Real, Seed, check_array, check_generator, check_int,
+                         check_positive, validate_params, value_text)
 
 OBSERVABLES = ("F", "loss", "norm_u", "norm_w", "cos", "angle", "ntk", "g")
 MECHANISMS = ("kernel", "alignment", "disalignment", "rescaling")
@@ -45,6 +46,14 @@ MECHANISMS = ("kernel", "alignment", "disalignment", "rescaling")
 # ---------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------
+
+
+# What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
+_HYPER = {"gamma": Array(positive=True), "c": Array(), "eta_u": Array(positive=True), "eta_w": Array(positive=True)}
+_OVERLAPS = {"uu": Array(), "ww": Array(), "uw": Array(), "cross": Optional(Array())}
+_INIT = {"u0": Array(), "w0": Array()}
+_RATE = Real(low=0.0, strict_low=True)
+_STATS = InstanceOf(dict, description="a dict of statistics (mechanism_stats)")
 
 
 def _hyper(gamma, c, eta_u, eta_w):
@@ -75,6 +84,7 @@ def angle(u, w):
     return 2 * np.arctan2(np.linalg.norm(uh - wh, axis=-1), np.linalg.norm(uh + wh, axis=-1))
 
 
+@validate_params(_INIT)
 def overlaps(u0, w0):
     """(|u0|^2, |w0|^2, u0.w0, |u0||w0| sin(angle)) along the last axis: all the solution needs."""
     u0, w0 = _init_vectors(u0, w0)
@@ -94,9 +104,11 @@ def _prepare(uu, ww, uw, cross, gamma, c, eta_u, eta_w):
     gamma, c, eta_u, eta_w = _hyper(gamma, c, eta_u, eta_w)
     uu, ww, uw = (check_array(n, v) for n, v in (("|u0|^2", uu), ("|w0|^2", ww), ("u0.w0", uw)))
     if np.any(uu < 0) or np.any(ww < 0):
-        raise ValueError("|u0|^2 and |w0|^2 must be >= 0")
+        raise ValueError(f"|u0|^2 and |w0|^2 must be >= 0; got uu = {value_text(uu)} and ww = {value_text(ww)}, "
+                         f"with minimum {min(float(np.min(uu)), float(np.min(ww)))!r}")
     if np.any(uw**2 > uu * ww * (1 + 1e-12) + 1e-300):
-        raise ValueError("u0.w0 must satisfy (u0.w0)^2 <= |u0|^2 |w0|^2 (Cauchy-Schwarz)")
+        raise ValueError(f"u0.w0 must satisfy (u0.w0)^2 <= |u0|^2 |w0|^2 (Cauchy-Schwarz); got uw = {value_text(uw)} "
+                         f"with (u0.w0)^2 - |u0|^2 |w0|^2 up to {float(np.max(uw**2 - uu * ww))!r}")
     if cross is None:
         cross = np.sqrt(np.maximum(uu * ww - uw**2, 0.0))
     args = np.broadcast_arrays(uu, ww, uw, check_array("cross", cross), gamma, c, eta_u, eta_w)
@@ -165,6 +177,7 @@ def _observables(h, a0, b0, c0, k, cross, gamma, c, eta_u, eta_w):
         }
 
 
+@validate_params({"t": Array(ndim=1), **_OVERLAPS, **_HYPER})
 def solve_overlaps(t, uu, ww, uw, cross=None, *, gamma, c, eta_u=1.0, eta_w=1.0):
     """The exact gradient-flow trajectory from init overlaps |u0|^2, |w0|^2, u0.w0.
 
@@ -173,19 +186,20 @@ def solve_overlaps(t, uu, ww, uw, cross=None, *, gamma, c, eta_u=1.0, eta_w=1.0)
     to a batch shape; ``t`` is a 1-D array of times >= 0. Returns a dict of
     arrays of shape batch + (len(t),) with keys :data:`OBSERVABLES`.
     """
-    t = check_array("t", t, ndim=1)
     if np.any(t < 0):
-        raise ValueError("t must be >= 0")
+        raise ValueError(f"t must be >= 0 everywhere; got {value_text(t)}, with minimum {float(np.min(t))!r}")
     a0, b0, c0, k, plus, minus, rate, cross, gamma, c, eta_u, eta_w = _prepare(uu, ww, uw, cross, gamma, c, eta_u, eta_w)
     return _observables(_growth(t, plus, minus, c, rate), a0, b0, c0, k, cross, gamma, c, eta_u, eta_w)
 
 
+@validate_params({"t": Array(ndim=1), **_INIT, **_HYPER})
 def solve(t, u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0):
     """The exact trajectory from initial weights u0, w0 of shape (..., width); see :func:`solve_overlaps`."""
     uu, ww, uw, cross = overlaps(u0, w0)
     return solve_overlaps(t, uu, ww, uw, cross, gamma=gamma, c=c, eta_u=eta_u, eta_w=eta_w)
 
 
+@validate_params({**_OVERLAPS, **_HYPER})
 def final_state(uu, ww, uw, cross=None, *, gamma, c, eta_u=1.0, eta_w=1.0):
     """The state at t = infinity, from the fixed point h(inf) of the quadratic P h^2 - c h - M = 0.
 
@@ -197,6 +211,7 @@ def final_state(uu, ww, uw, cross=None, *, gamma, c, eta_u=1.0, eta_w=1.0):
     return _observables(h, a0, b0, c0, k, cross, gamma, c, eta_u, eta_w)
 
 
+@validate_params({"t": Array(ndim=1), **_INIT, **_HYPER})
 def weights(t, u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0):
     """u(t) and w(t) themselves, shape batch + (len(t), width): they stay in span{u0, w0}.
 
@@ -212,6 +227,7 @@ def weights(t, u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0):
     return np.sqrt(eta_u) * (s + d) / 2, np.sqrt(eta_w) * (s - d) / 2
 
 
+@validate_params({"u": Array(), "w": Array(), "eta_u": Array(positive=True), "eta_w": Array(positive=True)})
 def conserved(u, w, eta_u=1.0, eta_w=1.0):
     """u u^T / eta_u - w w^T / eta_w along the last axis (batched numpy), conserved by gradient flow.
 
@@ -223,6 +239,7 @@ def conserved(u, w, eta_u=1.0, eta_w=1.0):
     return conserved_matrix(w[..., :, None], u[..., None, :]).numpy()
 
 
+@validate_params({"uu": Array(), "ww": Array(), "uw": Array(), **_HYPER})
 def kernel_ratio(uu, ww, uw, *, gamma, c, eta_u=1.0, eta_w=1.0):
     """K(inf)/K(0) from the invariant K^2 - 4 eta_u eta_w gamma^2 F^2 (independent of the fixed point).
 
@@ -234,13 +251,13 @@ def kernel_ratio(uu, ww, uw, *, gamma, c, eta_u=1.0, eta_w=1.0):
     return np.sqrt(k0**2 + 4 * eta_u * eta_w * gamma**2 * (c**2 - f0**2)) / k0
 
 
+@validate_params({"t": Array(ndim=1), **_INIT, **_HYPER, "rtol": _RATE, "atol": Real(low=0.0)})
 def integrate_flow(t, u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, rtol=1e-12, atol=1e-14):
     """Numerical integration (scipy DOP853) of the 2 x width gradient-flow equations, for checks.
 
     A batch of networks (..., width) is integrated as one system. Returns
     u(t), w(t) of shape batch + (len(t), width).
     """
-    t = check_array("t", t, ndim=1)
     u0, w0 = _init_vectors(u0, w0)
     gamma, c, eta_u, eta_w = (np.broadcast_to(x, u0.shape[:-1])[..., None] for x in _hyper(gamma, c, eta_u, eta_w))
     shape = u0.shape
@@ -257,6 +274,7 @@ def integrate_flow(t, u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, rtol=1e-12, ato
     return u, w
 
 
+@validate_params(_HYPER)
 def observables_of_weights(u, w, *, gamma, c, eta_u=1.0, eta_w=1.0):
     """The observables of :data:`OBSERVABLES` (except g) measured on weights u, w (..., width), numpy."""
     gamma, c, eta_u, eta_w = _hyper(gamma, c, eta_u, eta_w)
@@ -272,6 +290,7 @@ def observables_of_weights(u, w, *, gamma, c, eta_u=1.0, eta_w=1.0):
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"traj": InstanceOf(Run, dict, description="a Run or a dict of observables")})
 def mechanism_stats(traj):
     """Change statistics between the first and last time of a trajectory.
 
@@ -307,6 +326,7 @@ def mechanism_stats(traj):
 KERNEL_TOL = 0.05  # the paper's kernel regime: the NTK changes by less than 5% (relative)
 
 
+@validate_params({"stats": _STATS, "margin": Real(low=0.0), "kernel_tol": _RATE})
 def clear_of_kernel_threshold(stats, *, margin=0.1, kernel_tol=KERNEL_TOL):
     """True where |K_inf/K0 - 1| is not within ``margin`` x kernel_tol of the kernel threshold.
 
@@ -317,6 +337,7 @@ def clear_of_kernel_threshold(stats, *, margin=0.1, kernel_tol=KERNEL_TOL):
     return np.abs(np.abs(stats["kernel_ratio"] - 1) - kernel_tol) > margin * kernel_tol
 
 
+@validate_params({"stats": _STATS, "kernel_tol": _RATE, "angle_tol": _RATE})
 def classify(stats, *, kernel_tol=KERNEL_TOL, angle_tol=1e-6):
     """Index into :data:`MECHANISMS` for each entry of :func:`mechanism_stats`.
 
@@ -326,14 +347,13 @@ def classify(stats, *, kernel_tol=KERNEL_TOL, angle_tol=1e-6):
     ``angle_tol``; else alignment or disalignment by the sign of the change
     of |cos(u, w)|.
     """
-    kernel_tol = check_positive("kernel_tol", kernel_tol)
-    angle_tol = check_positive("angle_tol", angle_tol)
     kernel = np.abs(stats["kernel_ratio"] - 1) < kernel_tol
     rescaling = stats["angle_change"] < angle_tol
     aligning = stats["alignment_change"] > 0
     return np.where(kernel, 0, np.where(rescaling, 3, np.where(aligning, 1, 2)))
 
 
+@validate_params({"n_seeds": Integer(low=1), "seed": Integer(low=0), "d_max": Optional(Integer(low=1))})
 def gaussian_init(widths, n_seeds, seed, *, d_max=None):
     """Standard Gaussian u0, w0 for each width and seed, zero-padded to ``d_max`` columns.
 
@@ -342,9 +362,8 @@ def gaussian_init(widths, n_seeds, seed, *, d_max=None):
     networks of every width train in one batch.
     """
     widths = [check_int("width", int(d), low=1) for d in np.atleast_1d(widths)]
-    n_seeds = check_int("n_seeds", n_seeds, low=1)
     d_max = check_int("d_max", d_max if d_max is not None else max(widths), low=max(widths))
-    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    rng = np.random.default_rng(seed)
     u0, w0 = np.zeros((len(widths) * n_seeds, d_max)), np.zeros((len(widths) * n_seeds, d_max))
     for i, d in enumerate(widths):
         rows = slice(i * n_seeds, (i + 1) * n_seeds)
@@ -353,6 +372,7 @@ def gaussian_init(widths, n_seeds, seed, *, d_max=None):
     return u0, w0
 
 
+@validate_params({"n_seeds": Integer(low=1), "seed": Integer(low=0)})
 def gaussian_overlaps(widths, n_seeds, seed):
     """Overlaps of two independent standard Gaussian vectors in R^d, drawn exactly without the vectors.
 
@@ -361,8 +381,8 @@ def gaussian_overlaps(widths, n_seeds, seed):
     |u||w| sin angle) of shape (len(widths) * n_seeds,), width-major, so the
     closed form reaches any width at the cost of three draws per network.
     """
-    widths = np.repeat([check_int("width", int(d), low=1) for d in np.atleast_1d(widths)], check_int("n_seeds", n_seeds, low=1))
-    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    widths = np.repeat([check_int("width", int(d), low=1) for d in np.atleast_1d(widths)], n_seeds)
+    rng = np.random.default_rng(seed)
     uu = rng.chisquare(widths)
     uw = np.sqrt(uu) * rng.standard_normal(widths.size)
     perp = np.where(widths > 1, rng.chisquare(np.maximum(widths - 1, 1)), 0.0)
@@ -409,7 +429,7 @@ class Inits:
         """One batch from a list of batches (in order)."""
         batches = list(batches)
         if not batches:
-            raise ValueError("batches must hold at least one Inits")
+            raise ValueError(f"batches must hold at least one Inits; got {batches!r}")
         out = batches[0]
         for other in batches[1:]:
             out = out + other
@@ -447,6 +467,8 @@ def _embed(vectors_by_width, d_max):
     return out
 
 
+@validate_params({"n_seeds": Integer(low=1), "a": Real(), "b": Real(), "c": Array(), "eta_ratio": _RATE,
+                  "seed": Integer(low=0), "label": Optional(InstanceOf(str))})
 def scaled_inits(widths, n_seeds, *, a, b, c=1.0, eta_ratio=1.0, seed=0, label=None):
     """Gaussian inits with gamma = d^-a and sigma^2 = d^-b (the paper's width scalings).
 
@@ -457,7 +479,6 @@ def scaled_inits(widths, n_seeds, *, a, b, c=1.0, eta_ratio=1.0, seed=0, label=N
     z_u, z_w = gaussian_init(widths, n_seeds, seed)
     d = np.repeat(widths, n_seeds).astype(np.float64)
     sigma = d ** (-b / 2)
-    eta_ratio = check_positive("eta_ratio", eta_ratio)
     return Inits(sigma[:, None] * z_u, sigma[:, None] * z_w, d**-a, c, np.sqrt(eta_ratio), 1 / np.sqrt(eta_ratio),
                  d, label or f"a={a:g}, b={b:g}")
 
@@ -468,6 +489,7 @@ def pair_with_overlaps(rng, d, norm_u, norm_w, cos):
     return norm_u * e1, norm_w * (cos * e1 + np.sqrt(1 - cos**2) * e2)
 
 
+@validate_params({"seed": Integer(low=0)})
 def prototype_inits(widths, rescaling_widths, seed=0):
     """Inits of the three mechanisms, in the mean-field scaling gamma = 1/d, eta = d.
 
@@ -491,7 +513,7 @@ def prototype_inits(widths, rescaling_widths, seed=0):
     """
     widths = [check_int("width", int(d), low=2) for d in np.atleast_1d(widths)]
     rescaling_widths = [check_int("width", int(d), low=1) for d in np.atleast_1d(rescaling_widths)]
-    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    rng = np.random.default_rng(seed)
     d_max = max(widths + rescaling_widths)
     batches = []
     for name, c in (("alignment", 1.0), ("disalignment", 0.2), ("rescaling", 1.0)):
@@ -516,6 +538,7 @@ def prototype_inits(widths, rescaling_widths, seed=0):
     return batches[0] + batches[1] + batches[2] + lazy
 
 
+@validate_params({"a": Array(), "b": Array(), "width": Integer(low=1), "e": Array(), "c": Array(), "seed": Integer(low=0)})
 def exponent_diagram(a, b, width, *, e=0.0, c=1.0, seed=0):
     """Closed-form mechanism statistics over a grid of scaling exponents, in one vectorised call.
 
@@ -527,8 +550,7 @@ def exponent_diagram(a, b, width, *, e=0.0, c=1.0, seed=0):
     t = infinity), plus ``kappa`` = K0 / (2 sqrt(eta_u eta_w) gamma |c|).
     The kernel regime is kappa >> 1, i.e. a + b < 1 + |e| / 2.
     """
-    width = check_int("width", width, low=1)
-    a, b, e = check_array("a", a), check_array("b", b), check_array("e", e)
+    e = np.asarray(e, dtype=np.float64)  # the default too
     uu, ww, uw, cross = (x[0] for x in gaussian_overlaps([width], 1, seed))
     gamma, var, ratio = float(width) ** -a, float(width) ** -b, float(width) ** e
     eta_u, eta_w = np.sqrt(ratio), 1 / np.sqrt(ratio)
@@ -538,6 +560,7 @@ def exponent_diagram(a, b, width, *, e=0.0, c=1.0, seed=0):
     return stats
 
 
+@validate_params({"scale": Array(positive=True), "zeta0": Array(), "c": Array()})
 def mechanism_map(scale, zeta0, *, c=1.0):
     """Closed-form end state over the output scale and the initial alignment (balanced inits).
 
@@ -549,11 +572,10 @@ def mechanism_map(scale, zeta0, *, c=1.0):
     (disalignment), with rescaling on zeta0 = 1. Returns
     :func:`mechanism_stats` of :func:`final_state`.
     """
-    scale = check_array("scale", scale, positive=True)
-    zeta0 = check_array("zeta0", zeta0)
     if np.any(np.abs(zeta0) > 1):
-        raise ValueError("zeta0 must lie in [-1, 1] (a cosine)")
-    c = check_array("c", c)
+        raise ValueError(f"zeta0 must lie in [-1, 1] (a cosine); got {value_text(zeta0)}, with |zeta0| up to "
+                         f"{float(np.max(np.abs(zeta0)))!r}")
+    c = np.asarray(c, dtype=np.float64)  # the default too
     norm2 = scale * np.abs(c)  # gamma = 1, eta_u = eta_w = 1, |u0| = |w0|
     return mechanism_stats(final_state(norm2, norm2, norm2 * zeta0, norm2 * np.sqrt(1 - zeta0**2), gamma=1.0, c=c))
 
@@ -575,6 +597,8 @@ def network_loss(params, gamma_k, c):
     return 0.5 * (f - c) ** 2
 
 
+@validate_params({**_INIT, **_HYPER, "lr": _RATE, "steps": Integer(low=1), "record_every": Integer(low=1), "device": Device(),
+                  "desc": InstanceOf(str)})
 def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1, device="cpu", desc="GD, 1-D linear net"):
     """Full-batch GD of every network (rows of u0, w0) in one batched run.
 
@@ -587,7 +611,6 @@ def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1
     u0, w0 = _init_vectors(u0, w0)
     if u0.ndim != 2:
         raise ValueError(f"u0 and w0 must have shape (networks, width); got {u0.shape}")
-    lr = check_positive("lr", lr)
     n = u0.shape[0]
     gamma, c, eta_u, eta_w = (torch.as_tensor(np.broadcast_to(x, (n,)).copy(), device=device)
                               for x in _hyper(gamma, c, eta_u, eta_w))
@@ -611,11 +634,12 @@ def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"x": Array(ndim=1, positive=True), "y": Array(ndim=1)})
 def power_law_exponent(x, y):
     """Least-squares slope of log|y| against log x (the scaling exponent)."""
-    x, y = check_array("x", x, ndim=1, positive=True), check_array("y", y, ndim=1)
-    if x.size < 2:
-        raise ValueError("x needs at least 2 points to fit an exponent")
+    if x.size < 2 or x.shape != y.shape:
+        raise ValueError(f"x and y must hold the same number (>= 2) of points to fit an exponent; got shapes {x.shape} "
+                         f"and {y.shape}")
     return float(np.polyfit(np.log(x), np.log(np.abs(y)), 1)[0])
 
 
@@ -626,6 +650,7 @@ def power_law_exponent(x, y):
 TANH_SETTINGS = ("kernel", "alignment", "disalignment")
 
 
+@validate_params({"n_samples": Integer(low=1), "seed": Integer(low=0)})
 def digit_parity_data(n_samples, seed=0):
     """scikit-learn digits as a 1-output task: standardised pixels x (N, 64), y = +1 even / -1 odd digit."""
     from .tasks import digits
@@ -658,6 +683,7 @@ def layer_alignment(u, w):
     return lib_norm(product) / (lib_norm(w) * lib_norm(u.reshape(*u.shape[:-2], -1)))
 
 
+@validate_params({"width": Integer(low=1), "seed": Seed()})
 def tanh_inits(x, y, width, *, seed=0):
     """Initial weights, output scales and learning-rate multipliers of the three settings.
 
@@ -670,7 +696,6 @@ def tanh_inits(x, y, width, *, seed=0):
 
     Returns (params, gamma, lr_scale) stacked over :data:`TANH_SETTINGS`.
     """
-    width = check_int("width", width, low=1)
     x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
     n_in = x.shape[-1]
     gen = check_generator(seed)
@@ -686,6 +711,8 @@ def tanh_inits(x, y, width, *, seed=0):
     return {"U": u, "w": w}, gamma, lr_scale
 
 
+@validate_params({"width": Integer(low=1), "lr": _RATE, "steps": Integer(low=1), "record_every": Integer(low=1),
+                  "seed": Seed(), "device": Device()})
 def tanh_runs(x, y, width, *, lr, steps, record_every=1, seed=0, device="cpu"):
     """Full-batch GD of the three settings of :func:`tanh_inits` in one batched run.
 
@@ -693,7 +720,6 @@ def tanh_runs(x, y, width, *, lr, steps, record_every=1, seed=0, device="cpu"):
     the order of :data:`TANH_SETTINGS`), the loss, ``cos`` = zeta of
     :func:`layer_alignment`, ``norm_u`` = |U|_F and ``norm_w`` = |w|.
     """
-    lr = check_positive("lr", lr)
     params, gamma, lr_scale = tanh_inits(x, y, width, seed=seed)
     params = {k: v.to(device) for k, v in params.items()}
     x, y = torch.as_tensor(x, dtype=torch.float64, device=device), torch.as_tensor(y, dtype=torch.float64, device=device)

@@ -36,7 +36,15 @@ import numpy as np
 from . import separation
 from .results import Run
 from .train import progress
-from .validation import check_device, check_float, check_int, check_positive
+from .validation import Array, Device, Integer, Real, validate_params, value_text
+
+# What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
+_POSITIVE = Real(low=0.0, strict_low=True)
+_CHAIN = {"mu_fwd": Array(), "mu_back": Array(), "eps": Array(), "n_blocks": Integer(low=1), "k": _POSITIVE,
+          "steps": Integer(low=1), "pull": _POSITIVE, "replicas": Integer(low=1),
+          "average_last": Real(low=0.0, high=1.0), "record_every": Integer(low=0), "seed": Integer(low=0),
+          "device": Device()}
+_CLOSED_FORM = {"n_blocks": Integer(low=1), "k": _POSITIVE, "pull": _POSITIVE}
 
 
 @dataclass(kw_only=True)
@@ -83,6 +91,7 @@ def elongations(x, pull: float) -> np.ndarray:
     return np.diff(np.concatenate([np.zeros(shape), x, np.full(shape, float(pull))], axis=-1), axis=-1)
 
 
+@validate_params({"d": Array(), "pull": Real()})
 def profile(d, pull: float) -> np.ndarray:
     """The chain's load curve ``y - x_l`` for ``l = 0..L+1`` (runs from ``y`` to 0), the analogue of ``log D_l``."""
     d = np.asarray(d, dtype=np.float64)
@@ -90,6 +99,7 @@ def profile(d, pull: float) -> np.ndarray:
     return pull - x
 
 
+@validate_params({**_CHAIN, "eta": _POSITIVE})
 def first_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 1.0, eta: float = 0.01,
                 steps: int = 10_000, pull: float = 1.0, replicas: int = 1, average_last: float = 0.5,
                 record_every: int = 0, seed: int = 0, device: str = "cpu") -> ChainRun:
@@ -101,8 +111,7 @@ def first_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 1.0, eta:
     """
     _check_cpu(device)
     mu_fwd, mu_back, eps = _cells(mu_fwd=mu_fwd, mu_back=mu_back, eps=eps)
-    n_blocks, steps, replicas, seed, k, eta, average_last = _chain_args(n_blocks, steps, replicas, seed, k, eta,
-                                                                       average_last)
+    k, eta, pull, average_last = float(k), float(eta), float(pull), float(average_last)  # the defaults too
     if eta * k >= 0.5:
         raise ValueError(f"eta * k must be < 0.5 for a stable chain; got {eta * k!r}")
 
@@ -113,6 +122,7 @@ def first_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 1.0, eta:
                 eta, "spring-block chain")
 
 
+@validate_params({**_CHAIN, "mass": _POSITIVE, "damping": Real(low=0.0), "decay": Real(low=0.0), "dt": _POSITIVE})
 def second_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 0.1, mass: float = 1.0,
                  damping: float = 1.0, decay: float = 0.001, dt: float = 0.05, steps: int = 14_000,
                  pull: float = 1.0, replicas: int = 1, average_last: float = 0.05, record_every: int = 0,
@@ -126,10 +136,8 @@ def second_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 0.1, mas
     """
     _check_cpu(device)
     mu_fwd, mu_back, eps = _cells(mu_fwd=mu_fwd, mu_back=mu_back, eps=eps)
-    n_blocks, steps, replicas, seed, k, dt, average_last = _chain_args(n_blocks, steps, replicas, seed, k, dt,
-                                                                      average_last, rate_name="dt")
-    mass, damping = check_positive("mass", mass), check_float("damping", damping, low=0.0)
-    decay = check_float("decay", decay, low=0.0)
+    k, dt, pull, average_last = float(k), float(dt), float(pull), float(average_last)  # the defaults too
+    mass, damping, decay = float(mass), float(damping), float(decay)
     if dt * damping >= mass:
         raise ValueError(f"dt * damping must be < mass for a stable step; got {dt * damping!r}")
 
@@ -144,17 +152,19 @@ def second_order(mu_fwd, mu_back, eps, *, n_blocks: int = 7, k: float = 0.1, mas
                 pull, dt, "second-order chain")
 
 
+@validate_params({"mu": Array(), "eps": Array(), "asymmetry": Real(low=0.0)})
 def chain_diagram(mu, eps, *, asymmetry: float = 1.5, **chain) -> ChainRun:
     """The (friction, noise) grid in ONE simulation: rows ``mu_fwd = mu``, ``mu_back = asymmetry * mu``; columns ``eps``.
 
     Extra keywords go to :func:`first_order`. The result has cell shape (len(mu), len(eps)).
     """
-    asymmetry = check_float("asymmetry", asymmetry, low=0.0)
+    asymmetry = float(asymmetry)  # the default too
     mu = np.asarray(mu, dtype=np.float64).reshape(-1, 1)
     eps = np.asarray(eps, dtype=np.float64).reshape(1, -1)
     return first_order(mu, asymmetry * mu, eps, **chain)
 
 
+@validate_params({"mu": Array(), **_CLOSED_FORM})
 def profile_no_noise(mu, *, n_blocks: int = 7, k: float = 1.0, pull: float = 1.0) -> np.ndarray:
     """Stationary elongations (..., L+1) of a chain pulled from rest without noise (closed form).
 
@@ -165,10 +175,9 @@ def profile_no_noise(mu, *, n_blocks: int = 7, k: float = 1.0, pull: float = 1.0
     (``k d_first <= mu``), or ``L+1`` when every block moves.
     """
     mu = np.asarray(mu, dtype=np.float64)
-    if np.any(mu < 0) or not np.all(np.isfinite(mu)):
-        raise ValueError(f"mu must be finite and >= 0; got minimum {float(np.min(mu))!r}")
-    n_blocks = check_int("n_blocks", n_blocks, low=1)
-    k, pull = check_positive("k", k), check_positive("pull", pull)
+    if np.any(mu < 0):
+        raise ValueError(f"mu must be finite and >= 0; got {value_text(mu)}, with minimum {float(np.min(mu))!r}")
+    k, pull = float(k), float(pull)  # the defaults too
     ratio = mu[..., None] / k
     counts = np.arange(1, n_blocks + 2)                                   # n = 1 .. L+1 moving springs
     first = pull / counts - ratio * (counts - 1) / 2                      # (..., L+1): d of the first moving spring
@@ -181,6 +190,7 @@ def profile_no_noise(mu, *, n_blocks: int = 7, k: float = 1.0, pull: float = 1.0
     return np.where(offset >= 0, d_first[..., None] + (mu / k)[..., None] * offset, 0.0)
 
 
+@validate_params({"mu_fwd": Array(), "mu_back": Array(), **_CLOSED_FORM})
 def profile_large_noise(mu_fwd, mu_back, *, n_blocks: int = 7, k: float = 1.0, pull: float = 1.0) -> np.ndarray:
     """Mean stationary elongations (..., L+1) when the noise dwarfs the friction (closed form).
 
@@ -192,17 +202,16 @@ def profile_large_noise(mu_fwd, mu_back, *, n_blocks: int = 7, k: float = 1.0, p
     """
     mu_fwd, mu_back = np.asarray(mu_fwd, dtype=np.float64), np.asarray(mu_back, dtype=np.float64)
     for name, value in (("mu_fwd", mu_fwd), ("mu_back", mu_back)):
-        if np.any(value < 0) or not np.all(np.isfinite(value)):
-            raise ValueError(f"{name} must be finite and >= 0; got minimum {float(np.min(value))!r}")
-    n_blocks = check_int("n_blocks", n_blocks, low=1)
-    k, pull = check_positive("k", k), check_positive("pull", pull)
+        if np.any(value < 0):
+            raise ValueError(f"{name} must be finite and >= 0; got {value_text(value)}, with minimum {float(np.min(value))!r}")
+    k, pull = float(k), float(pull)  # the defaults too
     slope = -(mu_back - mu_fwd) / (2 * k)
     j = np.arange(n_blocks + 1) - n_blocks / 2                           # centred spring index
     return pull / (n_blocks + 1) + slope[..., None] * j
 
 
 def _check_cpu(device) -> None:
-    if check_device("device", device) != "cpu":
+    if device != "cpu":
         raise ValueError(f"device must be 'cpu' for the spring-block chain (a numpy simulation of a few blocks, "
                          f"which a GPU would not speed up); got {device!r}")
 
@@ -212,7 +221,7 @@ def _cells(**values):
     for name, value in values.items():
         array = np.asarray(value, dtype=np.float64)
         if not np.all(np.isfinite(array)):
-            raise ValueError(f"{name} must be finite; got non-finite entries")
+            raise ValueError(f"{name} must be finite; got {value_text(value, array)}, with non-finite entries")
         if np.any(array < 0):
             raise ValueError(f"{name} must be >= 0 (friction and noise are magnitudes); got minimum {array.min()!r}")
         arrays[name] = array
@@ -224,17 +233,9 @@ def _cells(**values):
     return tuple(np.broadcast_to(a, shape)[..., None, None] for a in arrays.values())
 
 
-def _chain_args(n_blocks, steps, replicas, seed, k, rate, average_last, rate_name="eta"):
-    return (check_int("n_blocks", n_blocks, low=1), check_int("steps", steps, low=1),
-            check_int("replicas", replicas, low=1), check_int("seed", seed, low=0), check_positive("k", k),
-            check_positive(rate_name, rate), check_float("average_last", average_last, low=0.0, high=1.0))
-
-
 def _run(step, with_velocity, cell_shape, n_blocks, steps, replicas, average_last, record_every, seed, pull, dt,
          desc):
-    """Advance every cell and replica together; average the elongations over the last steps."""
-    record_every = check_int("record_every", record_every, low=0)
-    pull = check_positive("pull", pull)
+    """Advance every cell and replica together; average the elongations over the last steps (arguments checked by the callers)."""
     shape = tuple(cell_shape[:-2]) + (replicas, n_blocks)
     rng = np.random.default_rng(seed)
     x = np.zeros(shape)

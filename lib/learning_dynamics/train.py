@@ -37,7 +37,9 @@ from tqdm import tqdm
 
 from .results import Run
 from .threads import small_problem
-from .validation import check_choice, check_generator, check_int, check_positive
+from .validation import AnyOf, InstanceOf, Integer, Optional, Options, check_choice, check_generator, check_positive, \
+    validate_params, value_text
+from .validation import Callable as AnyCallable
 
 GRADIENTS = ("stacked", "vmap")
 MAX_LOSS = 1e12  # a loss above this counts as diverged
@@ -111,7 +113,7 @@ def progress(iterable=None, **kwargs):
 def n_networks(params: dict[str, torch.Tensor]) -> int:
     """The shared leading dimension of stacked parameters."""
     if not params:
-        raise ValueError("params must hold at least one tensor")
+        raise ValueError(f"params must hold at least one tensor; got {params!r}")
     sizes = {name: p.shape[0] if p.ndim else None for name, p in params.items()}
     if None in sizes.values() or len(set(sizes.values())) != 1:
         raise ValueError(f"every parameter needs the same leading (network) dimension; got {sizes}")
@@ -154,6 +156,10 @@ class Adam:
 OPTIMIZERS = {"gd": GD, "adam": Adam}
 
 
+@validate_params({"loss_fn": AnyCallable(), "params": InstanceOf(dict, description="a dict of stacked tensors"),
+                  "steps": Integer(low=1), "gradients": AnyOf(Options(*GRADIENTS), AnyCallable()),
+                  "record": Optional(AnyCallable()), "record_every": Integer(low=1), "seed": Integer(low=0),
+                  "desc": InstanceOf(str)})
 def train(
     loss_fn: Callable,
     params: dict[str, torch.Tensor],
@@ -197,12 +203,12 @@ def train(
         seed: seed of the sampler's generator (unused with a fixed batch).
         desc: label of the progress bar.
     """
-    steps = check_int("steps", steps, low=1)
-    record_every = check_int("record_every", record_every, low=1)
-    seed = check_int("seed", seed, low=0)
     if isinstance(optimizer, str):
         check_choice("optimizer", optimizer, tuple(OPTIMIZERS))
         optimizer = OPTIMIZERS[optimizer]()
+    elif not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))} or an object with init(params) and "
+                         f"update(params, grads, state, rates, step); got {value_text(optimizer)}")
     if not (callable(data) or isinstance(data, tuple)):
         raise ValueError(f"data must be a tuple of tensors (full batch) or a sampler(generator, step); got {type(data).__name__}")
     n = n_networks(params)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..threads import small_problem
-from ..validation import check_array, check_generator, check_int
+from ..validation import AnyOf, Array, Device, InstanceOf, Integer, Optional, Seed, check_array, check_generator, check_int, \
+    validate_params, value_text
 
 # ---------------------------------------------------------------------------
 # The graph
@@ -136,6 +137,14 @@ class GatedData:
         return len(self.weights)
 
 
+# What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
+_NET = InstanceOf(GDLN, description="a GDLN")
+_DICT = InstanceOf(dict)
+_DEVICE = AnyOf(Device(), InstanceOf(torch.device, description="a torch.device"))  # a tensor's .device too
+
+
+@validate_params({"net": _NET, "inputs": _DICT, "targets": _DICT, "node_gates": Optional(_DICT),
+                  "edge_gates": Optional(_DICT), "weights": Optional(Array(ndim=1))})
 def gated_data(net: GDLN, inputs: dict, targets: dict, *, node_gates: dict | None = None,
                edge_gates: dict | None = None, weights=None) -> GatedData:
     """Validate and complete a dataset for ``net`` (see :class:`GatedData`)."""
@@ -163,15 +172,18 @@ def gated_data(net: GDLN, inputs: dict, targets: dict, *, node_gates: dict | Non
             if g.shape != (n,):
                 raise ValueError(f"gate of {kind} {k!r} must have shape (N,) = ({n},), one value per sample; got {g.shape}")
             gates[kind][k] = g
-    weights = check_array("weights", np.ones(n) if weights is None else weights, ndim=1)
+    weights = np.ones(n) if weights is None else weights
     if weights.shape != (n,) or np.any(weights < 0):
-        raise ValueError(f"weights must be >= 0 with shape ({n},); got shape {weights.shape}")
+        raise ValueError(f"weights must be >= 0 with shape ({n},); got {value_text(weights)} of shape {weights.shape}")
     for v in net.outputs:
-        if np.any((gates["node"][v] == 0)[:, None] & (arrays["targets"][v] != 0)):
-            raise ValueError(f"targets[{v!r}] must be zero where output node {v!r} is gated off")
+        stray = (gates["node"][v] == 0)[:, None] & (arrays["targets"][v] != 0)
+        if np.any(stray):
+            raise ValueError(f"targets[{v!r}] must be zero where output node {v!r} is gated off; got {int(stray.sum())} "
+                             f"non-zero entries there, in sample(s) {np.flatnonzero(stray.any(-1))[:10].tolist()}")
     return GatedData(arrays["inputs"], arrays["targets"], gates["node"], gates["edge"], weights)
 
 
+@validate_params({"net": _NET, "data": InstanceOf(GatedData, description="a GatedData")})
 def pathway_gates(net: GDLN, data: GatedData) -> np.ndarray:
     """g_p per sample and pathway, shape (N, P): the product of node and edge gates along p."""
     out = np.ones((data.n_samples, len(net.pathways)))
@@ -191,6 +203,7 @@ class Correlations:
     xx: dict[tuple[int, int], np.ndarray]
 
 
+@validate_params({"net": _NET, "data": InstanceOf(GatedData, description="a GatedData")})
 def gated_correlations(net: GDLN, data: GatedData) -> Correlations:
     """Sigma_yx(p) = sum_n w g_p y x_p^T and Sigma_xx(q, p) = sum_n w g_q g_p x_q x_p^T."""
     gates = pathway_gates(net, data)
@@ -211,15 +224,19 @@ def gated_correlations(net: GDLN, data: GatedData) -> Correlations:
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"net": _NET, "scale": Array(positive=True), "n_networks": Integer(low=1), "seed": Seed(), "device": _DEVICE})
 def orthogonal_init(net: GDLN, scale: float | np.ndarray, n_networks: int, seed: int, device="cpu") -> dict[str, torch.Tensor]:
     """Random (semi-)orthogonal weights times ``scale``: every singular value of every W_e equals scale.
 
     ``scale`` may be one value per network. Each draw is Haar-distributed
     (QR of a Gaussian with the sign of diag(R) fixed).
     """
-    n_networks = check_int("n_networks", n_networks, low=1)
     gen = check_generator(seed)
-    scale = torch.as_tensor(check_array("scale", np.broadcast_to(scale, (n_networks,)), positive=True).copy())
+    try:
+        scale = torch.as_tensor(np.broadcast_to(scale, (n_networks,)).copy())
+    except ValueError as err:
+        raise ValueError(f"scale must be one value or one per network, shape ({n_networks},); got {value_text(scale)} of "
+                         f"shape {scale.shape}") from err
     params = {}
     for e in net.edges:
         rows, cols = net.edge_shape(e)
@@ -232,13 +249,14 @@ def orthogonal_init(net: GDLN, scale: float | np.ndarray, n_networks: int, seed:
     return params
 
 
+@validate_params({"net": _NET, "modes_in": _DICT, "modes_out": _DICT, "seed": Integer(low=0)})
 def node_bases(net: GDLN, modes_in: dict, modes_out: dict, seed: int) -> dict[str, np.ndarray]:
     """An orthonormal basis R_v (width x r) per node: the data's V at inputs, U at outputs, random elsewhere."""
     rank = {np.asarray(m).shape[1] for m in list(modes_in.values()) + list(modes_out.values())}
     if len(rank) != 1:
         raise ValueError(f"every mode basis needs the same number of modes; got {sorted(rank)}")
     r = rank.pop()
-    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    rng = np.random.default_rng(seed)
     bases = {}
     for v, width in net.nodes.items():
         if v in net.inputs:
@@ -247,11 +265,13 @@ def node_bases(net: GDLN, modes_in: dict, modes_out: dict, seed: int) -> dict[st
             bases[v] = np.asarray(modes_out[v], dtype=np.float64)
         else:
             if width < r:
-                raise ValueError(f"node {v!r} has width {width} < {r} modes; the aligned init needs width >= modes")
+                raise ValueError(f"net must have hidden nodes at least as wide as the {r} modes (the aligned init needs width "
+                                 f">= modes); got node {v!r} of width {width}")
             bases[v] = np.linalg.qr(rng.standard_normal((width, r)))[0]
     return bases
 
 
+@validate_params({"net": _NET, "bases": _DICT, "strengths": Array(), "device": _DEVICE})
 def aligned_init(net: GDLN, bases: dict[str, np.ndarray], strengths, device="cpu") -> dict[str, torch.Tensor]:
     """W_e = R_target diag(b_e) R_source^T: the decoupled init under which the race reduction is exact.
 
@@ -275,6 +295,7 @@ def aligned_init(net: GDLN, bases: dict[str, np.ndarray], strengths, device="cpu
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"net": _NET, "modes_in": _DICT, "modes_out": _DICT, "dtype": InstanceOf(torch.dtype), "device": _DEVICE})
 def pathway_projector(net: GDLN, modes_in: dict, modes_out: dict, dtype=torch.float64, device="cpu"):
     """A function params -> :func:`pathway_strengths`, with the mode bases prepared once (for recording every step)."""
     plan = []
@@ -314,6 +335,7 @@ def pathway_strengths(net: GDLN, params: dict[str, torch.Tensor], modes_in: dict
     return pathway_projector(net, modes_in, modes_out, w.dtype, w.device)(params)
 
 
+@validate_params({"net": _NET, "bases": _DICT, "dtype": InstanceOf(torch.dtype), "device": _DEVICE})
 def edge_projector(net: GDLN, bases: dict[str, np.ndarray], dtype=torch.float64, device="cpu"):
     """A function params -> :func:`edge_strengths`, with the bases prepared once and edges of one shape stacked."""
     classes: dict = {}

@@ -9,14 +9,19 @@ import torch
 
 from ..results import Run
 from ..train import train
-from ..validation import check_int
-from .graph import GDLN, GatedData, _Products, gated_correlations
+from ..validation import AnyOf, InstanceOf, Integer, Optional, validate_params
+from ..validation import Callable as AnyCallable
+from .graph import _DEVICE, _NET, GDLN, GatedData, _Products, gated_correlations
+
+# What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
+_DATA = AnyOf(InstanceOf(GatedData, description="a GatedData"), InstanceOf(list, description="a list of GatedData"))
 
 # ---------------------------------------------------------------------------
 # Full gradient descent on the gated network (batched over networks)
 # ---------------------------------------------------------------------------
 
 
+@validate_params({"net": _NET, "data": _DATA, "n_networks": Optional(Integer(low=1)), "device": _DEVICE})
 def data_tensors(net: GDLN, data: GatedData | list[GatedData], n_networks: int | None = None, device="cpu") -> tuple:
     """The tuple of tensors :func:`loss_function` expects, with the network dimension in front.
 
@@ -38,9 +43,9 @@ def data_tensors(net: GDLN, data: GatedData | list[GatedData], n_networks: int |
     parts.append(stack(lambda d: d.weights))
     if isinstance(data, list):
         if n_networks is not None and n_networks != len(datasets):
-            raise ValueError(f"n_networks ({n_networks}) must equal the number of datasets ({len(datasets)})")
+            raise ValueError(f"n_networks must equal the number of datasets ({len(datasets)}); got {n_networks!r}")
         return tuple(parts)
-    n_networks = check_int("n_networks", 1 if n_networks is None else n_networks, low=1)
+    n_networks = 1 if n_networks is None else n_networks
     return tuple(p.expand(n_networks, *p.shape[1:]) for p in parts)
 
 
@@ -60,6 +65,7 @@ def forward(net: GDLN, params: dict[str, torch.Tensor], *batch) -> list[torch.Te
     return [h[v] for v in net.outputs]
 
 
+@validate_params({"net": _NET})
 def loss_function(net: GDLN):
     """The loss 1/2 sum_n w_n sum_v |y_v - y_hat_v|^2, per network (broadcasts over leading dimensions)."""
     n_in, n_out = len(net.inputs), len(net.outputs)
@@ -72,6 +78,8 @@ def loss_function(net: GDLN):
     return loss
 
 
+@validate_params({"net": _NET, "params": InstanceOf(dict), "batch": InstanceOf(tuple),
+                  "n_groups": Optional(Integer(low=1))})
 def output_errors(net: GDLN, params: dict[str, torch.Tensor], batch: tuple, groups=None, n_groups: int | None = None) -> torch.Tensor:
     """1/2 |y - y_hat|^2 per network and sample (unweighted), or summed per group of samples.
 
@@ -111,6 +119,7 @@ class _LossGroup:
         return len(self.paths[0])
 
 
+@validate_params({"net": _NET, "data": _DATA, "n_networks": Optional(Integer(low=1)), "device": _DEVICE})
 def correlation_batch(net: GDLN, data: GatedData | list[GatedData], n_networks: int | None = None, device="cpu"):
     """The gated correlations as tensors for :func:`correlation_loss`, with the network dimension in front.
 
@@ -152,11 +161,12 @@ def correlation_batch(net: GDLN, data: GatedData | list[GatedData], n_networks: 
         tensors.append(stack([np.stack([np.block([[c.xx[(q, k)] for k in into] for q in into]) for _, into, _ in members])
                               for c in corrs]))
     if not isinstance(data, list):
-        n_networks = check_int("n_networks", 1 if n_networks is None else n_networks, low=1)
+        n_networks = 1 if n_networks is None else n_networks
         tensors = [t.expand(n_networks, *t.shape[1:]) for t in tensors]
     return groups, tuple(tensors)
 
 
+@validate_params({"net": _NET})
 def correlation_loss(net: GDLN, groups):
     """The same loss as :func:`loss_function`, written through the gated correlations only.
 
@@ -191,6 +201,9 @@ def correlation_loss(net: GDLN, groups):
     return loss
 
 
+@validate_params({"net": _NET, "params": InstanceOf(dict, description="a dict of stacked tensors"), "data": _DATA,
+                  "steps": Integer(low=1), "record": Optional(AnyCallable()), "record_every": Integer(low=1),
+                  "seed": Integer(low=0), "desc": InstanceOf(str)})
 def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, lr, record=None,
                record_every: int = 1, seed: int = 0, desc: str = "gated network") -> Run:
     """Full-batch gradient descent of stacked GDLNs (leading network dimension) via :func:`train`.
@@ -199,6 +212,8 @@ def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, 
     per network. The loss is :func:`correlation_loss` (identical to the
     per-sample loss, cheaper). Time is t = lr x step.
     """
+    if not params:
+        raise ValueError(f"params must hold at least one stacked weight tensor; got {params!r}")
     n = next(iter(params.values())).shape[0]
     device = next(iter(params.values())).device
     groups, batch = correlation_batch(net, data, None if isinstance(data, list) else n, device=device)

@@ -10,9 +10,14 @@ from .. import linear
 from ..ode import integrate
 from ..results import Run
 from ..train import progress
-from ..validation import check_array, check_int, check_positive
-from .graph import GDLN, GatedData, aligned_init, edge_projector, gated_correlations, node_bases, pathway_projector
+from ..validation import Array, Boolean, InstanceOf, Integer, Real, validate_params, value_text
+from .graph import _DEVICE, _NET, GDLN, GatedData, aligned_init, edge_projector, gated_correlations, node_bases, \
+    pathway_projector
 from .loss import train_gdln
+
+# What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
+_POSITIVE = Real(low=0.0, strict_low=True)
+_TASKS = InstanceOf(list, tuple, description="a list of tasks (GatedTask) on one graph")
 
 # ---------------------------------------------------------------------------
 # The neural race reduction
@@ -39,6 +44,11 @@ class Race:
         return len(self.net.edges)
 
 
+_RACE = InstanceOf(Race, description="a Race")
+
+
+@validate_params({"net": _NET, "data": InstanceOf(GatedData, description="a GatedData"), "modes_in": InstanceOf(dict),
+                  "modes_out": InstanceOf(dict), "tol": _POSITIVE})
 def race_reduction(net: GDLN, data: GatedData, modes_in: dict, modes_out: dict, *, tol: float = 1e-8) -> Race:
     """Project the gated correlations on the data's modes and check the reduction's assumptions.
 
@@ -53,7 +63,10 @@ def race_reduction(net: GDLN, data: GatedData, modes_in: dict, modes_out: dict, 
         for v in nodes:
             m = np.asarray(modes[v])
             if m.ndim != 2 or m.shape[0] != net.nodes[v] or not np.allclose(m.T @ m, np.eye(m.shape[1]), atol=1e-10):
-                raise ValueError(f"{kind}[{v!r}] must be (width {net.nodes[v]}) x r with orthonormal columns")
+                detail = (f"max |M^T M - I| = {float(np.abs(m.T @ m - np.eye(m.shape[1])).max()):.3g}"
+                          if m.ndim == 2 and m.shape[0] == net.nodes[v] else "the wrong shape")
+                raise ValueError(f"{kind}[{v!r}] must be (width {net.nodes[v]}) x r with orthonormal columns; got shape "
+                                 f"{m.shape}, with {detail}")
     corr = gated_correlations(net, data)
     paths = net.pathways
     r = np.asarray(next(iter(modes_in.values()))).shape[1]
@@ -91,14 +104,17 @@ def stack_races(races) -> Race:
     """
     races = list(races)
     if not races:
-        raise ValueError("stack_races needs at least one Race")
+        raise ValueError(f"races must hold at least one Race; got {races!r}")
     index = races[0].index
-    if any(r.index.shape != index.shape or np.any(r.index != index) for r in races):
-        raise ValueError("every race must come from the same graph (the same pathways and edges)")
+    other = [k for k, r in enumerate(races) if r.index.shape != index.shape or np.any(r.index != index)]
+    if other:
+        raise ValueError(f"races must all come from the same graph (the same pathways and edges); got race(s) {other} "
+                         f"from a different graph than race 0")
     return Race(races[0].net, np.stack([r.drive for r in races]), np.stack([r.coupling for r in races]), index,
                 np.array([r.constant for r in races]))
 
 
+@validate_params({"b": Array(), "race": _RACE})
 def race_products(b, race: Race) -> np.ndarray:
     """pi_p = prod_{e in p} b_e for strengths b of shape (..., E, r): shape (..., P, r)."""
     b = np.asarray(b, dtype=np.float64)
@@ -106,6 +122,7 @@ def race_products(b, race: Race) -> np.ndarray:
     return np.prod(ext[..., race.index, :], axis=-2)
 
 
+@validate_params({"b": Array(), "race": _RACE})
 def race_loss(b, race: Race) -> np.ndarray:
     """The loss in reduced variables, c - sum s_p pi_p + 1/2 sum d_qp pi_q pi_p over pathways and modes: shape (...).
 
@@ -152,31 +169,28 @@ def race_rhs(b, race: Race) -> np.ndarray:
     return _race_field(race)(b)
 
 
+@validate_params({"t": Array(ndim=1), "b0": Array(), "race": _RACE, "rtol": _POSITIVE, "atol": Real(low=0.0)})
 def race_solve(t, b0, race: Race, *, rtol: float = 1e-11, atol: float = 1e-14) -> np.ndarray:
     """Integrate the race ODEs from b0 (..., E, r) and return b at times t: shape (T, ..., E, r).
 
     For several races of one graph, stack them (:func:`stack_races`) and give
     b0 of shape (n, E, r): one solve follows them all.
     """
-    t = check_array("t", t, ndim=1)
-    if t[0] < 0 or np.any(np.diff(t) < 0):
-        raise ValueError("t must be non-negative and increasing")
-    b0 = np.asarray(b0, dtype=np.float64)
+    if not len(t) or t[0] < 0 or np.any(np.diff(t) < 0):
+        raise ValueError(f"t must be a non-empty, non-negative and non-decreasing 1-D array of times; got {value_text(t)}")
     if t[0] > 0:
         t = np.concatenate([[0.0], t])
         return integrate(_race_field(race), t, b0, rtol=rtol, atol=atol)[1:]
     return integrate(_race_field(race), t, b0, rtol=rtol, atol=atol)
 
 
+@validate_params({"b0": Array(), "race": _RACE, "lr": _POSITIVE, "steps": Integer(low=1), "record_every": Integer(low=1)})
 def race_steps(b0, race: Race, lr: float, steps: int, record_every: int = 1):
     """Gradient descent on the reduced strengths, b <- b + lr db/dt: returns (recorded steps, b of shape (R, ..., E, r)).
 
     When the reduction holds, one GD step of the full network is exactly one
     such step, at any learning rate.
     """
-    lr = check_positive("lr", lr)
-    steps = check_int("steps", steps, low=1)
-    record_every = check_int("record_every", record_every, low=1)
     b = np.array(b0, dtype=np.float64)
     rhs = _race_field(race)
     kept, out = [], []
@@ -189,6 +203,8 @@ def race_steps(b0, race: Race, lr: float, steps: int, record_every: int = 1):
     return np.array(kept), np.stack(out)
 
 
+@validate_params({"tasks": _TASKS, "b0": _POSITIVE, "lr": _POSITIVE, "steps": Integer(low=1), "records": Integer(low=1),
+                  "seed": Integer(low=0), "flow": Boolean(), "device": _DEVICE})
 def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: int = 0, flow: bool = True,
                  device="cpu") -> Run:
     """GD from the decoupled (aligned) init next to the reduction, for tasks that share one graph.
@@ -204,9 +220,13 @@ def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: 
     ``flow=False`` the ODEs are not solved (for GD-stepped comparisons with
     :func:`race_steps`).
     """
+    if not tasks:
+        raise ValueError(f"tasks must hold at least one task; got {tasks!r}")
     net = tasks[0].net
-    if any(t.net.nodes != net.nodes or t.net.edges != net.edges for t in tasks):
-        raise ValueError("every task must use the same graph (build context tasks with the same n_slots)")
+    other = [k for k, t in enumerate(tasks) if t.net.nodes != net.nodes or t.net.edges != net.edges]
+    if other:
+        raise ValueError(f"tasks must all use the same graph (build context tasks with the same n_slots); got task(s) "
+                         f"{other} on a different graph than task 0 ({net!r})")
     races = [race_reduction(net, t.data, t.modes_in, t.modes_out) for t in tasks]
     start = np.stack([signed_strengths(r, b0) for r in races])
     bases = node_bases(net, tasks[0].modes_in, tasks[0].modes_out, seed=seed)
@@ -227,6 +247,7 @@ def aligned_runs(tasks, b0, *, lr: float, steps: int, records: int = 100, seed: 
     return run
 
 
+@validate_params({"tasks": _TASKS, "b0": _POSITIVE, "t": Array(ndim=1)})
 def reduced_products(tasks, b0, t) -> np.ndarray:
     """The reduction alone, for tasks that share one graph: pathway strengths (len(t), tasks, P, r).
 
@@ -239,6 +260,7 @@ def reduced_products(tasks, b0, t) -> np.ndarray:
     return race_products(edges, stacked)
 
 
+@validate_params({"race": _RACE, "b0": _POSITIVE})
 def signed_strengths(race: Race, b0: float) -> np.ndarray:
     """Initial strengths |b| = b0 whose pathway products have the sign of each pathway's drive.
 
@@ -246,7 +268,6 @@ def signed_strengths(race: Race, b0: float) -> np.ndarray:
     start (its product would have to pass through zero), so one edge that
     belongs to that pathway alone is flipped. Shape (E, r).
     """
-    b0 = check_positive("b0", b0)
     b = np.full((race.n_edges, race.drive.shape[1]), b0)
     owners = np.bincount(race.index[race.index < race.n_edges].ravel(), minlength=race.n_edges)
     for k in range(len(race.index)):
@@ -272,6 +293,7 @@ def chain_rhs(b, weights, target) -> np.ndarray:
     return w * before * after * (np.asarray(target, dtype=np.float64)[..., None] - pi)
 
 
+@validate_params({"t": Array(ndim=1), "b0": Array(), "weights": Array(ndim=1, positive=True), "target": Array()})
 def chain_solve(t, b0, weights, target) -> np.ndarray:
     """Strengths b_e(t) of one chain mode: shape (T, ..., L) for b0 of shape (..., L).
 
@@ -280,11 +302,9 @@ def chain_solve(t, b0, weights, target) -> np.ndarray:
     so b_e = sqrt(w_e) c and pi = W c^L with W = prod sqrt(w_e)); otherwise the
     ODE is integrated numerically. ``target`` broadcasts against b0[..., 0].
     """
-    t = check_array("t", t, ndim=1)
-    b0 = np.asarray(b0, dtype=np.float64)
-    w = check_array("weights", weights, ndim=1, positive=True)
-    if b0.shape[-1] != len(w):
-        raise ValueError(f"b0 needs one strength per edge ({len(w)}) on its last axis; got shape {b0.shape}")
+    b0, w = np.asarray(b0, dtype=np.float64), weights
+    if b0.ndim < 1 or b0.shape[-1] != len(w):
+        raise ValueError(f"b0 must hold one strength per edge ({len(w)}) on its last axis; got shape {b0.shape}")
     target = np.broadcast_to(np.asarray(target, dtype=np.float64), b0.shape[:-1])
     ratio = b0**2 / w
     balanced = np.allclose(ratio, ratio[..., :1], rtol=1e-12) and np.all(b0 > 0) and np.all(target > 0)
