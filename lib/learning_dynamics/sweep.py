@@ -103,9 +103,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .validation import check_int, check_positive, value_text
+from .validation import Constraint, check_int, check_positive, value_text
 
-__all__ = ["Grid", "grid", "map", "client", "Connection", "Cache", "code_hash"]
+__all__ = ["Grid", "grid", "map", "map_runs", "client", "Connection", "Cache", "code_hash", "Scheduler"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SCHEDULER_ALLOWED = "None, 'local:N' or a scheduler address such as tcp://host:8786"
@@ -674,6 +674,32 @@ class Connection:
     def __repr__(self):
         where = "in process" if self.client is None else repr(self.client)
         return f"Connection({self.scheduler!r}: {where})"
+
+
+class Scheduler(Constraint):
+    """A chapter's ``scheduler`` parameter, checked for its form (no connection is made): None, ``"local:N"``, an address."""
+
+    def describe(self):
+        return SCHEDULER_ALLOWED
+
+    def check(self, name, value):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            text = value.strip()
+            if re.fullmatch(r"local(:.*)?", text):
+                local = re.fullmatch(r"local:(\d+)", text)
+                if local and int(local.group(1)) >= 1:
+                    return value
+            elif _ADDRESS.match(text):
+                return value
+        self._fail(name, value)
+
+    def invalid_example(self):
+        return "local:0"
+
+    def __repr__(self):
+        return "Scheduler()"
 
 
 def client(scheduler=None, *, timeout: float = 3.0) -> Connection:

@@ -26,6 +26,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..sweep import Scheduler
 from ..validation import Integer, Options, Real, Sequence, check_choice, check_device
 
 PRESET_NAMES = ("smoke", "book", "paper")
@@ -60,6 +61,9 @@ class ChapterPreset:
     preset: str = "book"
     seed: int = param(0, low=0, high=MAX_SEED, help="seed of every random draw in the chapter")
     device: str = "cpu"
+    scheduler: str | None = field(default=None, metadata={"constraint": Scheduler(), "help": (
+        "where the chapter's grids run: None (in this process), 'local:N' (a dask LocalCluster of N workers) "
+        "or a dask scheduler address")})
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESET_NAMES)
