@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from .ode import integrate
+from . import sweep
 from .results import Run
 from .train import train
-from .validation import Array, Boolean, Device, Integer, Real, Seed, check_generator, validate_params, value_text
+from .validation import Array, Boolean, Device, Integer, Optional, Real, Seed, check_generator, validate_params, value_text
 from .validation import Callable as AnyCallable
 
 # What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
@@ -392,15 +393,25 @@ def lambda_grid_data(x, y, scales):
 
 
 @validate_params({"lams": Array(ndim=1), "scales": Array(ndim=1, positive=True), "lr": _RATE, "steps": Integer(low=1),
-                  "seed": Integer(low=0), "aligned": Boolean(), "closed_form": Boolean(), "device": Device()})
-def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, closed_form=True, device="cpu"):
+                  "seed": Integer(low=0), "aligned": Boolean(), "closed_form": Boolean(), "device": Device(),
+                  "chunks": Optional(Integer(low=1))})
+def lambda_grid_runs(x, y, lams, scales, *, lr, steps, seed, aligned=False, closed_form=True, device="cpu",
+                     client=None, chunks=None):
     """Full-batch GD of 2-2-2 linear networks from :func:`lambda_grid_init`, fitting Y / scale, in one batched run.
 
     Returns a :class:`~learning_dynamics.results.Run` recording the layer grams ``w1tw1`` (W1^T W1) and
     ``w2w2t`` (W2 W2^T) and the ``loss`` at the start and the end, with the
     final drift of the conserved matrix as ``final["conserved"]``. The gradients are :func:`matrix_grad_and_value`'s closed
     form, or autograd's with ``closed_form=False`` (the benchmark compares them).
+    With a ``client`` (:func:`learning_dynamics.sweep.client`) or ``chunks``
+    the grid runs in chunks of networks (:func:`learning_dynamics.sweep.map_runs`),
+    with bitwise the same result: the networks share their random rotations.
     """
+    if client or chunks is not None:
+        def part(index):
+            return lambda_grid_runs(x, y, lams[index], scales[index], lr=lr, steps=steps, seed=seed, aligned=aligned,
+                                    closed_form=closed_form, device=device)
+        return sweep.map_runs(part, len(lams), client=client, chunks=chunks, desc="lambda x scale grid")
     w1, w2 = (w.to(device) for w in lambda_grid_init(x, y, lams, scales, seed=seed, aligned=aligned))
     lams = torch.as_tensor(lams, dtype=torch.float64, device=device)
     d = x.shape[0]

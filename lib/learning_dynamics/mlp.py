@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from . import separation
+from . import separation, sweep
 from .results import Run
 from .tasks import digits
 from .train import train
-from .validation import (Array, Device, InstanceOf, Integer, Options, Real, check_float, check_generator, check_positive,
+from .validation import (Array, Device, InstanceOf, Integer, Optional, Options, Real, check_float, check_generator, check_positive,
                          validate_params)
 
 NOISE_KINDS = ("data", "dropout", "lr")
@@ -126,10 +126,11 @@ class GridResult(Run):
 @validate_params({"alphas": Array(ndim=1), "noises": Array(ndim=1), "n_seeds": Integer(low=1),
                   "noise_kind": Options(*NOISE_KINDS), "width": Integer(low=1), "depth": Integer(low=1),
                   "steps": Integer(low=1), "lr": Real(low=0.0, strict_low=True), "dropout": Real(low=0.0, high=0.95),
-                  "data_noise": Real(low=0.0, high=1.0), "seed": Integer(low=0), "dtype": _DTYPE, "device": Device()})
+                  "data_noise": Real(low=0.0, high=1.0), "seed": Integer(low=0), "dtype": _DTYPE, "device": Device(),
+                  "chunks": Optional(Integer(low=1))})
 def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", width: int = 64, depth: int = 7,
                steps: int = 100, lr: float = 1e-3, dropout: float = 0.0, data_noise: float = 0.0,
-               seed: int = 0, dtype=torch.float32, device: str = "cpu") -> GridResult:
+               seed: int = 0, dtype=torch.float32, device: str = "cpu", client=None, chunks=None) -> GridResult:
     """Train the alpha x noise x seed grid in ONE batched run (full-batch Adam) and measure every network.
 
     ``data = (x_train, y_train, x_test, y_test)``. ``noise_kind`` picks what
@@ -140,6 +141,13 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     initialisation and the per-step noise come from independent streams
     spawned from ``seed``. Every network trains on ``device``, where ``data``
     must already be (:func:`learning_dynamics.tasks.digits.load` takes ``device``).
+
+    With a ``client`` (:func:`learning_dynamics.sweep.client`) or ``chunks``
+    the noise levels (columns) train in chunks of ``chunks`` columns. The
+    initialisations stay the same, but the per-step noise is drawn for the
+    networks of a chunk together, so a chunked grid is another draw of the
+    same experiment, not a bitwise copy (tests/test_sweep_runners.py bounds the
+    difference).
     """
     x_train, y_train, x_test, y_test = data
     wanted = torch.device(device)
@@ -158,10 +166,13 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
         else:
             check_float(f"noises ({noise_kind} levels)", value, low=0.0, high=0.95 if noise_kind == "dropout" else 1.0)
 
-    shape = (len(alphas), len(noises), n_seeds)
-    grid_alpha, grid_noise, grid_seed = (g.ravel() for g in np.meshgrid(alphas, noises, np.arange(n_seeds),
-                                                                          indexing="ij"))
-    n = grid_alpha.size
+    if client or chunks is not None:
+        return _train_columns(data, alphas, noises, n_seeds, client, chunks, dict(
+            noise_kind=noise_kind, width=width, depth=depth, steps=steps, lr=lr, dropout=dropout,
+            data_noise=data_noise, seed=seed, dtype=dtype, device=device))
+    points = sweep.grid(alpha=alphas, noise=noises, seed=np.arange(n_seeds))
+    shape, n = points.shape, points.size
+    grid_alpha, grid_noise, grid_seed = points.flat["alpha"], points.flat["noise"], points.flat["seed"]
     init_seed, noise_seed = (int(v) for v in np.random.SeedSequence(seed).generate_state(2))
     generator = check_generator(init_seed, device)
     base = init_params(n_seeds, n_in=x_train.shape[1], width=width, depth=depth, n_out=digits.N_CLASSES,
@@ -194,6 +205,24 @@ def train_grid(data, alphas, noises, n_seeds: int, *, noise_kind: str = "data", 
     return GridResult(times=result.times, steps=result.steps, records=result.records, params=result.params,
                       alphas=alphas, noises=noises, noise_kind=noise_kind, log_d=log_d.reshape(shape + (-1,)),
                       accuracy=accuracy.reshape(shape), train_loss=result.records["loss"][-1].reshape(shape))
+
+
+def _train_columns(data, alphas, noises, n_seeds, client, chunks, settings) -> GridResult:
+    """:func:`train_grid` in chunks of noise levels (columns), joined back into one grid."""
+    alphas, noises = np.asarray(alphas, dtype=np.float64), np.asarray(noises, dtype=np.float64)
+
+    def columns(index):
+        part = train_grid(data, alphas, noises[index], n_seeds, **settings)
+        loss = part.records["loss"].reshape(len(part.steps), len(alphas), len(index), n_seeds)
+        return {"log_d": np.moveaxis(part.log_d, 1, 0), "accuracy": np.moveaxis(part.accuracy, 1, 0),
+                "train_loss": np.moveaxis(part.train_loss, 1, 0), "loss": np.moveaxis(loss, 2, 0)}
+
+    flat = sweep.map(columns, np.arange(len(noises)), client=client, chunks=chunks, desc="phase-diagram columns")
+    steps = np.arange(settings["steps"] + 1)
+    loss = np.moveaxis(flat["loss"], 0, 2).reshape(len(steps), -1)
+    return GridResult(times=steps.astype(np.float64), steps=steps, records={"loss": loss}, alphas=alphas, noises=noises,
+                      noise_kind=settings["noise_kind"], log_d=np.moveaxis(flat["log_d"], 0, 1),
+                      accuracy=np.moveaxis(flat["accuracy"], 0, 1), train_loss=np.moveaxis(flat["train_loss"], 0, 1))
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .linear import conserved_matrix, growth_fixed_point, product_growth
+from . import sweep
 from .ode import integrate
 from .results import Run
 from .train import train
@@ -598,20 +599,31 @@ def network_loss(params, gamma_k, c):
 
 
 @validate_params({**_INIT, **_HYPER, "lr": _RATE, "steps": Integer(low=1), "record_every": Integer(low=1), "device": Device(),
-                  "desc": InstanceOf(str)})
-def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1, device="cpu", desc="GD, 1-D linear net"):
+                  "desc": InstanceOf(str), "chunks": Optional(Integer(low=1))})
+def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1, device="cpu", desc="GD, 1-D linear net",
+            client=None, chunks=None):
     """Full-batch GD of every network (rows of u0, w0) in one batched run.
 
     Layer-wise learning rates enter by the reparametrisation of
     :func:`network_loss`, so time is t = lr * step for every network.
     Returns a :class:`~learning_dynamics.results.Run` recording the observables of :data:`OBSERVABLES`
     (except g), shape (records, networks), with the final ``u`` and ``w`` in
-    ``final``.
+    ``final``. With a ``client`` (:func:`learning_dynamics.sweep.client`) or
+    ``chunks`` the networks run in chunks (:func:`learning_dynamics.sweep.map_runs`),
+    with the same result: each network's run depends on its own init only.
     """
     u0, w0 = _init_vectors(u0, w0)
     if u0.ndim != 2:
         raise ValueError(f"u0 and w0 must have shape (networks, width); got {u0.shape}")
     n = u0.shape[0]
+    if client or chunks is not None:
+        hyper = [np.broadcast_to(h, (n,)) for h in _hyper(gamma, c, eta_u, eta_w)]
+
+        def part(index):
+            g, cc, eu, ew = (h[index] for h in hyper)
+            return gd_runs(u0[index], w0[index], gamma=g, c=cc, eta_u=eu, eta_w=ew, lr=lr, steps=steps,
+                           record_every=record_every, device=device, desc=desc)
+        return sweep.map_runs(part, n, client=client, chunks=chunks, desc=desc)
     gamma, c, eta_u, eta_w = (torch.as_tensor(np.broadcast_to(x, (n,)).copy(), device=device)
                               for x in _hyper(gamma, c, eta_u, eta_w))
     root_u, root_w = eta_u.sqrt()[:, None], eta_w.sqrt()[:, None]

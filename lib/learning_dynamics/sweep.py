@@ -528,6 +528,42 @@ def map(fn, items, *, client=None, chunks: int | None = None, cache=None, desc: 
     return _concatenate(parts)
 
 
+def map_runs(fn, n: int, *, client=None, chunks: int | None = None, cache=None, desc: str = "sweep"):
+    """A runner over ``n`` stacked networks, in chunks of networks, here or on a cluster: one joined Run back.
+
+    ``fn(index)`` trains or solves the networks ``index`` (a 1-D int array)
+    and returns a :class:`~learning_dynamics.results.Run` whose records have
+    the network axis second and whose ``final`` arrays have it first. With no
+    client and no ``chunks`` it is called once on every network and its Run
+    is returned as it is (the in-process default). Otherwise the chunks' Runs
+    are joined along the network axis (their ``times`` and ``steps`` must
+    agree; the final ``params`` are not kept). The result equals the one-call
+    Run wherever a network's result does not depend on the other networks of
+    its batch: runners whose networks share no random stream.
+    """
+    from .results import Run
+
+    n = check_int("n", n, low=1)
+    if not client and chunks is None and cache is None:
+        return fn(np.arange(n))
+
+    def rows(index):
+        run = fn(np.asarray(index))
+        out = {"times": np.broadcast_to(run.times, (len(index),) + run.times.shape).copy()}
+        if run.steps is not None:
+            out["steps"] = np.broadcast_to(run.steps, (len(index),) + run.steps.shape).copy()
+        out.update({"records/" + k: np.moveaxis(np.asarray(v), 1, 0) for k, v in run.records.items()})
+        out.update({"final/" + k: np.asarray(v) for k, v in run.final.items()})
+        return out
+
+    flat = map(rows, np.arange(n), client=client, chunks=chunks, cache=cache, desc=desc)
+    if not (flat["times"] == flat["times"][0]).all():
+        raise ValueError("every chunk of map_runs must record the same times; got chunks that differ")
+    return Run(times=flat["times"][0], steps=flat["steps"][0] if "steps" in flat else None,
+               records={k.split("/", 1)[1]: np.moveaxis(v, 0, 1) for k, v in flat.items() if k.startswith("records/")},
+               final={k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("final/")})
+
+
 def _map_here(fn, todo, bounds, finish, desc, n_done):
     from .train import progress
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import sweep
 from ..results import Run
 from ..train import train
 from ..validation import AnyOf, InstanceOf, Integer, Optional, validate_params
@@ -203,18 +204,30 @@ def correlation_loss(net: GDLN, groups):
 
 @validate_params({"net": _NET, "params": InstanceOf(dict, description="a dict of stacked tensors"), "data": _DATA,
                   "steps": Integer(low=1), "record": Optional(AnyCallable()), "record_every": Integer(low=1),
-                  "seed": Integer(low=0), "desc": InstanceOf(str)})
+                  "seed": Integer(low=0), "desc": InstanceOf(str), "chunks": Optional(Integer(low=1))})
 def train_gdln(net: GDLN, params: dict[str, torch.Tensor], data, *, steps: int, lr, record=None,
-               record_every: int = 1, seed: int = 0, desc: str = "gated network") -> Run:
+               record_every: int = 1, seed: int = 0, desc: str = "gated network", client=None, chunks=None) -> Run:
     """Full-batch gradient descent of stacked GDLNs (leading network dimension) via :func:`train`.
 
     ``data`` is one :class:`GatedData` shared by all networks or a list with one
     per network. The loss is :func:`correlation_loss` (identical to the
-    per-sample loss, cheaper). Time is t = lr x step.
+    per-sample loss, cheaper). Time is t = lr x step. With a ``client``
+    (:func:`learning_dynamics.sweep.client`) or ``chunks`` the networks train
+    in chunks (:func:`learning_dynamics.sweep.map_runs`; full-batch GD of
+    independent networks, so the result is the same; the final ``params``
+    are not kept).
     """
     if not params:
         raise ValueError(f"params must hold at least one stacked weight tensor; got {params!r}")
     n = next(iter(params.values())).shape[0]
+    if client or chunks is not None:
+        def part(index):
+            idx = torch.as_tensor(index)
+            rates = lr if np.ndim(lr) == 0 else torch.as_tensor(lr)[idx]
+            return train_gdln(net, {k: v[idx] for k, v in params.items()},
+                              [data[i] for i in index] if isinstance(data, list) else data, steps=steps, lr=rates,
+                              record=record, record_every=record_every, seed=seed, desc=desc)
+        return sweep.map_runs(part, n, client=client, chunks=chunks, desc=desc)
     device = next(iter(params.values())).device
     groups, batch = correlation_batch(net, data, None if isinstance(data, list) else n, device=device)
     return train(correlation_loss(net, groups), params, data=batch, steps=steps, lr=lr, record=record,

@@ -1,0 +1,69 @@
+"""Each chapter's heavy grid gives the same result in chunks and on a 2-worker LocalCluster as in one batched call."""
+
+from __future__ import annotations
+
+import learning_dynamics  # noqa: F401  (first: the thread policy)
+import numpy as np
+import pytest
+import torch
+
+from learning_dynamics import gated, linear, mlp, shallow, sweep, tasks
+from learning_dynamics.tasks import digits, hierarchy
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with sweep.client("local:2") as connection:
+        yield connection
+
+
+def same_run(a, b):
+    assert np.array_equal(a.times, b.times)
+    assert a.records.keys() == b.records.keys() and a.final.keys() == b.final.keys()
+    assert all(np.array_equal(a.records[k], b.records[k]) for k in a.records)
+    assert all(np.array_equal(a.final[k], b.final[k]) for k in a.final)
+
+
+def lambda_grid(**where):  # feedback_principle: the lazy/rich grid
+    x, y = tasks.random_regression(10, 2, 2, seed=1, singular_values=(0.54, 0.14))
+    lams, scales = np.repeat(np.linspace(-9, 9, 6), 5), np.tile(np.linspace(1, 20, 5), 6)
+    return linear.lambda_grid_runs(x, y, lams, scales, lr=0.01, steps=100, seed=1, **where)
+
+
+def gd_batch(**where):  # three_mechanisms: the GD batch of prototypes
+    batch = shallow.prototype_inits([10, 100], [1, 100], seed=2)
+    return shallow.gd_runs(batch.u0, batch.w0, **batch.hyper(), lr=1e-2, steps=200, record_every=20, **where)
+
+
+def generalisation(**where):  # neural_race: networks of several init scales and learning rates
+    routing = hierarchy.routing_task(hierarchy.routing_gate(7, 4), 16)
+    params = gated.orthogonal_init(routing.net, np.linspace(0.2, 1.0, 5), 5, seed=3)
+    return gated.train_gdln(routing.net, params, [routing.data] * 5, steps=40, lr=np.linspace(0.01, 0.02, 5),
+                            record=lambda p: {"pairs": hierarchy.routing_pair_errors(routing, p)}, record_every=10,
+                            **where)
+
+
+@pytest.mark.parametrize("runner", [lambda_grid, gd_batch, generalisation], ids=["feedback", "three_mechanisms", "race"])
+def test_chunks_and_a_cluster_are_bitwise_the_one_call(runner, cluster):
+    whole = runner()
+    same_run(whole, runner(chunks=7))
+    same_run(whole, runner(client=cluster))
+
+
+def test_the_dnn_grid_on_a_cluster_is_another_draw_of_the_same_experiment(cluster):
+    # spring_block: chunks of noise levels share the initialisations; only the per-step noise is drawn per chunk
+    data = digits.load(300, seed=0)
+    settings = dict(width=16, depth=3, steps=20, seed=0)
+    whole = mlp.train_grid(data, [0.0, 1.0], [0.5, 0.0], 2, **settings)
+    split = mlp.train_grid(data, [0.0, 1.0], [0.5, 0.0], 2, client=cluster, **settings)
+    assert split.log_d.shape == whole.log_d.shape and split.records["loss"].shape == whole.records["loss"].shape
+    assert np.array_equal(split.log_d[:, 1], whole.log_d[:, 1])          # no noise: nothing is drawn, bitwise equal
+    assert np.abs(split.accuracy - whole.accuracy).max() <= 0.05         # noisy column: within a few test images
+    start = [run.records["loss"][0].reshape(2, 2, 2)[:, 1] for run in (split, whole)]
+    assert np.array_equal(*start)                                        # the same initial networks
+
+
+def test_a_bad_chunk_size_names_the_parameter():
+    with pytest.raises(ValueError, match="chunks must be"):
+        lambda_grid(chunks=0)
+    assert torch.get_num_threads() >= 1
