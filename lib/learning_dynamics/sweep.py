@@ -734,9 +734,6 @@ class Scheduler(Constraint):
     def invalid_example(self):
         return "local:0"
 
-    def __repr__(self):
-        return "Scheduler()"
-
 
 def client(scheduler=None, *, timeout: float = 3.0) -> Connection:
     """The chapter parameter ``scheduler`` as a :class:`Connection` for :func:`map`.

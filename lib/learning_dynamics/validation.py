@@ -324,9 +324,6 @@ class Device(Constraint):
     def invalid_example(self):
         return "tpu"
 
-    def __repr__(self):
-        return "Device()"
-
 
 class Seed(Constraint):
     """An integer >= 0 (returned as ``int``) or a ``torch.Generator`` (returned as it is): what :func:`check_generator` takes."""
@@ -347,9 +344,6 @@ class Seed(Constraint):
     def invalid_example(self):
         return -1
 
-    def __repr__(self):
-        return "Seed()"
-
 
 class Callable(Constraint):
     """Anything ``callable()``: a function, a lambda, a bound method, a module with ``forward``..."""
@@ -365,9 +359,6 @@ class Callable(Constraint):
     def invalid_example(self):
         return "not callable"
 
-    def __repr__(self):
-        return "Callable()"
-
 
 class Boolean(Constraint):
     """``True`` or ``False`` (a Python or NumPy bool; not 0 or 1); returned as ``bool``."""
@@ -382,9 +373,6 @@ class Boolean(Constraint):
 
     def invalid_example(self):
         return "yes"
-
-    def __repr__(self):
-        return "Boolean()"
 
 
 class InstanceOf(Constraint):
