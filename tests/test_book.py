@@ -55,3 +55,31 @@ def test_library_reference_documents_the_public_api(html):
                  "operators.KPFlow", "spectra.leading_spectrum", "claims.close"):
         assert f'id="learning_dynamics.{name}"' in page, name
     assert "Used in" in page and 'href="../notebooks/neural_race.html"' in page  # the back-links to the chapters
+
+
+@pytest.mark.slow
+def test_scorecard_opens_with_a_summary_and_folds_the_tables(html):
+    page = (html / "book" / "scorecard.html").read_text()
+    summary = page[page.index('class="scorecard-summary table'):]
+    summary = summary[: summary.index("</table>")]
+    assert summary.count("<tr") == len(NOTEBOOKS) + 1, "a header and one row per chapter"
+    assert page.index("scorecard-summary") < page.index('class="scorecard table"'), "the summary comes first"
+    folded = re.findall(r"<details[^>]*scorecard-dropdown[^>]*>", page)
+    assert len(folded) == len(NOTEBOOKS) and not any(" open" in d for d in folded)
+    assert 'ld_book.css' in page and 'ld_book.js' in page
+
+
+@pytest.mark.slow
+def test_figures_are_numbered_by_chapter(html):
+    for notebook in NOTEBOOKS:
+        page = (html / "notebooks" / f"{notebook.stem}.html").read_text()
+        number = re.search(r'<h1><span class="section-number">(\d+)\. </span>', page).group(1)
+        captions = re.findall(r'<span class="caption-number">Fig\. ([\d.]+) </span>', page)
+        assert captions == [f"{number}.{k}" for k in range(1, len(captions) + 1)], (notebook.stem, captions)
+
+
+@pytest.mark.slow
+def test_intro_has_one_chapters_heading(html):
+    page = (html / "book" / "intro.html").read_text()
+    article = page[page.index('<article class="bd-article">'):page.index("</article>")]
+    assert len(re.findall(r">Chapters<", article)) == 1

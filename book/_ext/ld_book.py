@@ -27,7 +27,7 @@ from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
-from learning_dynamics.claims import GLUE_NAME, parse_glued, rounded
+from learning_dynamics.claims import GLUE_NAME, STATUS_LABELS, parse_glued, rounded
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,32 @@ class scorecard_placeholder(nodes.General, nodes.Element):
     """Where one chapter's claims table goes, filled in once every chapter has run."""
 
 
+class scorecard_summary(nodes.General, nodes.Element):
+    """Where the summary (one row per chapter) goes, filled in once every chapter has run."""
+
+
+def _section_id(doc: str) -> str:
+    return f"scorecard-{doc.replace('/', '-')}"
+
+
+def _dropdown(title: str, body: nodes.Node, classes=()) -> nodes.Element:
+    """A collapsed sphinx-design dropdown (``<details>`` in html; a titled container elsewhere)."""
+    from sphinx_design.shared import create_component  # loaded by Jupyter Book with sphinx_design
+
+    container = create_component("dropdown", opened=False, type="dropdown", has_title=True, icon=None,
+                                 chevron=None, container_classes=["sd-mb-3", *classes],
+                                 title_classes=[], body_classes=[])
+    container += nodes.rubric(title, "", nodes.Text(title))
+    container += body
+    return container
+
+
 class ClaimsScorecard(SphinxDirective):
-    """One section per chapter notebook in the TOC, its table filled in at write time."""
+    """A summary table, then one section per chapter notebook in the TOC with its table collapsed.
+
+    The counts and the tables are filled in at write time (:class:`FillScorecard`), when every
+    chapter has been read and has glued its claims.
+    """
 
     has_content = False
 
@@ -95,14 +119,14 @@ class ClaimsScorecard(SphinxDirective):
         chapters = toc_chapters(self.env)
         if not chapters:
             raise self.error("claims-scorecard: no chapter notebooks under notebooks/ in the TOC")
-        out = []
+        out = [scorecard_summary(chapters=chapters)]
         for doc in chapters:
             self.env.note_dependency(self.env.doc2path(doc))
-            section = nodes.section(ids=[f"scorecard-{doc.replace('/', '-')}"])
+            section = nodes.section(ids=[_section_id(doc)], classes=["scorecard-chapter"])
             title = nodes.title()
             xref = addnodes.pending_xref("", refdomain="std", reftype="doc", reftarget="/" + doc,
                                          refexplicit=False, refdoc=self.env.docname)
-            xref += nodes.inline(text=doc)
+            xref += nodes.inline(text=_notebook_title(Path(self.env.doc2path(doc))) or doc)  # the page's TOC
             title += xref
             section += title
             section += scorecard_placeholder(chapter=doc)
@@ -110,22 +134,95 @@ class ClaimsScorecard(SphinxDirective):
         return out
 
 
-class FillScorecard(SphinxPostTransform):
-    """Replace each placeholder with a table built from the chapter's glued claims."""
+def _notebook_title(path: Path) -> str:
+    """The first ``# heading`` of a notebook's markdown cells ('' if none).
 
-    default_priority = 5
+    The section titles resolve to the chapter's title only at write time; the page's own table
+    of contents (the right-hand "Contents") is built at read time, so it gets this text.
+    """
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] == "markdown":
+            found = re.search(r"^# (.+)$", "".join(cell["source"]), re.M)
+            if found:
+                return found.group(1).strip()
+    return ""
+
+
+# How the scorecard counts a claim's status (claims.STATUSES): every status other than these two
+# ("FAIL", "unexpectedly passes", "not reached") is a failure, as `python -m learning_dynamics check` has it.
+PASS, KNOWN = "pass", "does not reproduce"
+
+
+def _counts(records: list[dict]) -> dict[str, int]:
+    statuses = [r["status"] for r in records]
+    known = statuses.count(KNOWN)
+    return {"claims": len(statuses), "pass": statuses.count(PASS), "known": known,
+            "fail": len(statuses) - statuses.count(PASS) - known}
+
+
+def _in_words(c: dict[str, int]) -> str:
+    """ "12 claims: 11 pass, 1 does not reproduce, 0 fail" """
+    known = f"{c['known']} {'does' if c['known'] == 1 else 'do'} not reproduce"
+    return (f"{c['claims']} claim{'s' * (c['claims'] != 1)}: {c['pass']} pass"
+            + (f", {known}" if c["known"] else "") + f", {c['fail']} fail")
+
+
+def _row_id(doc: str, index: int) -> str:
+    return f"{_section_id(doc)}-claim-{index + 1}"
+
+
+class FillScorecard(SphinxPostTransform):
+    """Fill in the summary and replace each placeholder with the chapter's collapsed claims table."""
+
+    default_priority = 5  # before the references resolve (10) and sphinx-design's dropdowns (199)
 
     def run(self, **kwargs):
         from myst_nb.ext.glue.crossref import read_glue_cache
 
+        records = {}
         for node in list(self.document.findall(scorecard_placeholder)):
             chapter = node["chapter"]
-            records = _glued_records(read_glue_cache(self.env.mystnb_config.output_folder, chapter))
-            if records is None:
+            records[chapter] = _glued_records(read_glue_cache(self.env.mystnb_config.output_folder, chapter))
+            if records[chapter] is None:
                 logger.warning(f"claims-scorecard: {chapter} glued no JSON claims under {GLUE_NAME!r}", location=node)
                 node.parent.remove(node)
                 continue
-            node.replace_self(_claims_table(records, self.env.docname))
+            table = _claims_table(records[chapter], chapter, self.env.docname)
+            counts = _counts(records[chapter])
+            node.replace_self(_dropdown(_in_words(counts), table, classes=["scorecard-dropdown"]
+                                        + (["scorecard-has-fail"] if counts["fail"] else [])
+                                        + (["scorecard-has-known"] if counts["known"] else [])))
+        for node in list(self.document.findall(scorecard_summary)):
+            node.replace_self(self._summary(node["chapters"], records))
+
+    def _summary(self, chapters: list[str], records: dict[str, list[dict] | None]) -> list[nodes.Node]:
+        """A sentence with the totals, then one row per chapter: counts, each linked to its rows."""
+        rows, flags, total = [], [], {"claims": 0, "pass": 0, "known": 0, "fail": 0}
+        for doc in chapters:
+            number = self.env.toc_secnumbers.get(doc, {}).get("")
+            title = (".".join(map(str, number)) + ". " if number else "") + self.env.titles[doc].astext()
+            chapter = nodes.reference("", "", nodes.Text(title), internal=True, refid=_section_id(doc))
+            found = records.get(doc)
+            if found is None:
+                rows.append([chapter] + [nodes.Text("none glued")] + [nodes.Text("")] * 3)
+                flags.append("fail")
+                continue
+            counts = _counts(found)
+            for key in total:
+                total[key] += counts[key]
+            cells = [chapter, nodes.Text(str(counts["claims"])), nodes.Text(str(counts["pass"]))]
+            for key, wanted in (("known", lambda s: s == KNOWN), ("fail", lambda s: s not in (PASS, KNOWN))):
+                first = next((i for i, r in enumerate(found) if wanted(r["status"])), None)
+                cells.append(nodes.Text("0") if first is None else nodes.reference(
+                    "", "", nodes.Text(str(counts[key])), internal=True, refid=_row_id(doc, first)))
+            rows.append(cells)
+            flags.append("fail" if counts["fail"] else "known" if counts["known"] else None)
+        line = nodes.paragraph(classes=["scorecard-total"])
+        line += nodes.Text(f"{_in_words(total)}, in {len(chapters)} chapters. Each chapter's table is "
+                           "folded below; a count links to the first claim it counts, and rows that do "
+                           "not pass are marked.")
+        header = ("chapter", "claims", "pass", "does not reproduce", "failures")
+        return [line, _table(header, rows, flags, classes=["scorecard-summary"])]
 
 
 def _glued_records(glue_cache: dict) -> list[dict] | None:
@@ -139,27 +236,36 @@ HEADER = ("claim", "paper / theory", "ours", "tolerance", "status", "figure")
 
 
 def _figure_ref(label: str, docname: str) -> nodes.Node:
-    """A numbered cross-reference ("Fig. 2") to a chapter figure, resolved by Sphinx."""
+    """A numbered cross-reference ("Fig. 2.1") to a chapter figure, resolved by Sphinx."""
     xref = addnodes.pending_xref("", refdomain="std", reftype="numref", reftarget=label,
                                  refexplicit=False, refdoc=docname, refwarn=True)
     xref += nodes.literal(text=label)
     return xref
 
 
-def _claims_table(records: list[dict], docname: str) -> nodes.table:
-    rows, failed = [], []
+def _claims_table(records: list[dict], chapter: str, docname: str) -> nodes.table:
+    rows, flags = [], []
     for r in records:
-        status = r["status"] + (f": {r['known_discrepancy']}" if r["known_discrepancy"] else "")
+        status = STATUS_LABELS.get(r["status"], r["status"]) + (f": {r['known_discrepancy']}" if r["known_discrepancy"] else "")
         link = _figure_ref(r["figure"], docname) if r["figure"] else nodes.Text("")
+        flag = None if r["status"] == PASS else "known" if r["status"] == KNOWN else "fail"
         rows.append([nodes.Text(r["statement"]), nodes.Text(r["paper"]), nodes.Text(rounded(r["ours"])),
-                     nodes.Text(r["tolerance"]), nodes.Text(status), link])
-        failed.append(r["status"] not in ("pass", "does not reproduce"))
-    return _table(HEADER, rows, failed, classes=["scorecard"])
+                     nodes.Text(r["tolerance"]), nodes.strong(text=status) if flag else nodes.Text(status), link])
+        flags.append(flag)
+    table = _table(HEADER, rows, flags, classes=["scorecard"])
+    for i, row in enumerate(table.findall(nodes.row)):
+        if i:  # the header row is the first
+            row["ids"].append(_row_id(chapter, i - 1))
+    return table
 
 
-def _table(header, rows, failed=None, classes=()) -> nodes.table:
-    """A docutils table of header strings and rows of inline nodes; failed rows get class scorecard-fail."""
-    table = nodes.table(classes=list(classes))
+def _table(header, rows, flags=None, classes=()) -> nodes.table:
+    """A docutils table of header strings and rows of inline nodes.
+
+    A row flagged "fail" gets class scorecard-fail, one flagged "known" (does not reproduce)
+    scorecard-known.
+    """
+    table = nodes.table(classes=["colwidths-auto", *classes])  # columns as wide as their text, not 1/n each
     group = nodes.tgroup(cols=len(header))
     table += group
     group.extend(nodes.colspec(colwidth=1) for _ in header)
@@ -168,12 +274,12 @@ def _table(header, rows, failed=None, classes=()) -> nodes.table:
     group += body
     head += _row([nodes.Text(h) for h in header])
     for i, cells in enumerate(rows):
-        body += _row(cells, failed=bool(failed and failed[i]))
+        body += _row(cells, flag=flags[i] if flags else None)
     return table
 
 
-def _row(cells, failed: bool = False) -> nodes.row:
-    row = nodes.row(classes=["scorecard-fail"] if failed else [])
+def _row(cells, flag: str | None = None) -> nodes.row:
+    row = nodes.row(classes=[f"scorecard-{flag}"] if flag else [])
     for cell in cells:
         entry = nodes.entry()
         para = nodes.paragraph()
@@ -257,6 +363,7 @@ def setup(app):
     app.connect("autodoc-process-docstring", escape_bars)
     app.connect("autodoc-process-docstring", add_chapter_links)
     app.add_node(scorecard_placeholder)
+    app.add_node(scorecard_summary)
     app.add_directive("claims-scorecard", ClaimsScorecard)
     app.add_directive("course-plan", CoursePlan)
     app.add_post_transform(FillScorecard)
