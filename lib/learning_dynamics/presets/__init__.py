@@ -21,6 +21,7 @@ import dataclasses
 import gc
 import importlib
 import json
+import math
 import os
 import pkgutil
 from dataclasses import dataclass, field
@@ -138,11 +139,35 @@ def parse_overrides(overrides) -> dict:
 
 
 _REGISTRY: dict[str, tuple[type[ChapterPreset], dict[str, dict[str, Any]]]] = {}
+_PAPER: dict[str, tuple[dict[str, dict[str, Any]], str]] = {}
+DIFFERS = "differs: "  # how a paper value that the `paper` preset cannot take is documented
 
 
-def register(chapter: str, cls: type[ChapterPreset], *, smoke: dict, book: dict, paper: dict) -> None:
-    """Record a chapter's preset class and the field values of its three sizes."""
+def register(chapter: str, cls: type[ChapterPreset], *, smoke: dict, book: dict, paper: dict,
+             paper_source: dict | None = None, paper_note: str = "") -> None:
+    """Record a chapter's preset class and the field values of its three sizes.
+
+    ``paper_source`` maps a field to the value the paper (or the authors' code)
+    gives it, ``(value, "where it says so")``, or ``(value, "where",
+    "differs: why")`` where the `paper` preset cannot take that value;
+    :func:`paper_table` shows it against the presets. ``paper_note`` is a
+    sentence printed under that table (for example, what the paper fixes that
+    is not a preset field).
+    """
+    names = {f.name for f in dataclasses.fields(cls) if "constraint" in f.metadata}
+    entries = {}
+    for name, entry in (paper_source or {}).items():
+        if name not in names:
+            raise ValueError(f"paper_source of {chapter!r} names {name!r}, which is not one of its preset fields")
+        if not isinstance(entry, tuple) or len(entry) not in (2, 3) or not all(isinstance(e, str) for e in entry[1:]):
+            raise ValueError(f"paper_source[{name!r}] of {chapter!r} must be (value, source) or (value, source, note); "
+                             f"got {entry!r}")
+        value, source, note = (*entry, "") if len(entry) == 2 else entry
+        if note and not (note.startswith(DIFFERS) and note[len(DIFFERS):].strip()):
+            raise ValueError(f"the note of paper_source[{name!r}] of {chapter!r} must read {DIFFERS!r} + the reason")
+        entries[name] = {"value": tuple(value) if isinstance(value, list) else value, "source": source, "note": note}
     _REGISTRY[chapter] = (cls, {"smoke": smoke, "book": book, "paper": paper})
+    _PAPER[chapter] = (entries, paper_note)
 
 
 def _discover() -> None:
@@ -216,3 +241,62 @@ def fields_of(chapter: str) -> dict[str, str]:
     check_choice("chapter", chapter, sorted(_REGISTRY))
     cls, _ = _REGISTRY[chapter]
     return {f.name: describe_field(f) for f in dataclasses.fields(cls) if "constraint" in f.metadata}
+
+
+def paper_source(chapter: str) -> dict[str, dict[str, Any]]:
+    """What the paper (or the authors' code) sets each field to: ``{field: {"value", "source", "note"}}``.
+
+    Only the fields the paper fixes appear; ``note`` is empty, or ``"differs: ..."``
+    where the `paper` preset cannot follow it.
+    """
+    _discover()
+    check_choice("chapter", chapter, sorted(_REGISTRY))
+    entries, _ = _PAPER.get(chapter, ({}, ""))
+    return {name: dict(entry) for name, entry in entries.items()}
+
+
+def same_value(a, b) -> bool:
+    """Whether two preset values are equal (tuples entry by entry, floats to rounding)."""
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
+                and all(same_value(x, y) for x, y in zip(a, b)))
+    if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str) or isinstance(b, str) or a is None or b is None:
+        return a == b
+    return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+
+
+def _plain(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_plain(v) for v in value) if value else "(none)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _cell(value) -> str:
+    """A value or text as one Markdown table cell."""
+    return _plain(value).replace("|", "\\|").replace("*", "\\*")
+
+
+def paper_table(chapter: str) -> str:
+    """A Markdown table of the paper's settings against the `paper` and `book` presets, one row per field it fixes.
+
+    Columns: parameter | paper (source) | paper preset | book preset | note | help.
+    The note is empty where the `paper` preset takes the paper's value, and
+    ``differs: ...`` where it cannot. The chapter's ``paper_note`` follows the table.
+    """
+    entries = paper_source(chapter)
+    _, note = _PAPER.get(chapter, ({}, ""))
+    rows = {row["name"]: row for row in describe(chapter)}
+    lines = []
+    if entries:
+        lines += ["| parameter | paper (source) | `paper` preset | `book` preset | note | help |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, entry in entries.items():
+            row = rows[name]
+            paper_cell = f"{_cell(entry['value'])} ({_cell(entry['source'])})"
+            lines.append(f"| `{name}` | {paper_cell} | {_cell(row['values']['paper'])} | {_cell(row['values']['book'])} "
+                         f"| {_cell(entry['note'])} | {_cell(row['help'])} |")
+    else:
+        lines.append("No preset value of this chapter is fixed by a source we could read, so none is compared.")
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"

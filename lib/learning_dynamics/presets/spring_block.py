@@ -46,6 +46,40 @@ class SpringBlock(ChapterPreset):
                 "replicas": 6 * 8.0 * len(self.frictions) * len(self.shakes) * self.replicas * self.n_blocks}
 
 
+# What the authors' code (github.com/DaDaCheng/DNN_Spring) fixes: the phase-diagram scripts bash/test_pd_*.sh with
+# src/main.py's defaults, the published diagram figs/pd.png, and the chain notebooks in spring/.
+PAPER = {
+    "n_train": (2560, "test_pd_*.sh: data_len, MNIST at 10 x 10",
+                "differs: digits has 1,797 images in all, and the chapter has no MNIST loader"),
+    "width": (100, "main.py: net_dim"),
+    "depth": (7, "main.py: net_depth = 8, i.e. 7 blocks and the read-out"),
+    "steps": (100, "test_pd_ns_nl.sh: train_epoch, full batch"),
+    "lr": (1e-3, "test_pd_ns_nl.sh: Adam, train_lr"),
+    "alphas": ((0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "figs/pd.png rows"),
+    "noises": ((0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0), "figs/pd.png (a) columns"),
+    "n_seeds": (10, "test_pd_ns_nl.sh: seeds 1-10"),
+    "dropouts": ((0.28, 0.24, 0.2, 0.16, 0.12, 0.08, 0.04, 0.0), "figs/pd.png (c) columns"),
+    "dropout_seeds": (10, "test_pd_dp_nl.sh: seeds 1-10"),
+    "n_blocks": (7, "first_order_iteration.ipynb: 7 blocks"),
+    "chain_k": (1.0, "first_order_iteration.ipynb: k"),
+    "chain_eta": (0.01, "first_order_iteration.ipynb: eta"),
+    "chain_steps": (10000, "first_order_iteration.ipynb: steps"),
+    "sde_k": (0.1, "sdeint.ipynb: k"),
+    "sde_dt": (0.05, "sdeint.ipynb: dt"),
+    "sde_steps": (14000, "sdeint.ipynb: tmax 700 / dt"),
+    "sde_decay": (0.001, "sdeint.ipynb: lambda_decay",
+                  "differs: the chapter's stronger noise must fade below the friction by t = 700"),
+}
+PAPER_NOTE = (
+    "Sources: the authors' repository DaDaCheng/DNN_Spring (the phase-diagram scripts in bash/ with src/main.py's "
+    "defaults, the "
+    "published diagram figs/pd.png, and the chain notebooks in spring/; the scripts run a few more columns than "
+    "the figure shows: noise up to 0.8, dropout 0 to 0.3 by 0.02). The chapter shakes its second-order chains with "
+    "ε = 0.02 on every block (the authors: 0.003, one common noise); at the authors' decay 0.001 that noise would "
+    "still be 0.01 at t = 700, above the friction 0.003, so the chain would not freeze. The chain's phase-diagram "
+    "grid (`frictions`, `shakes`, `asymmetry`, `replicas`) is the book's own: the authors' notebooks run single "
+    "chains (μ = 0.1 and ε = 0.1 in the first-order one).")
+
 register(
     "spring_block",
     SpringBlock,
@@ -70,4 +104,6 @@ register(
                dropouts=(0.28, 0.24, 0.2, 0.16, 0.12, 0.08, 0.04, 0.0), dropout_seeds=10, replicas=128,
                frictions=(0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01),
                shakes=(1.0, 0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01, 0.0)),
+    paper_source=PAPER,
+    paper_note=PAPER_NOTE,
 )

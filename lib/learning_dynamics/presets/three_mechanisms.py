@@ -42,6 +42,14 @@ class ThreeMechanisms(ChapterPreset):
                 "digits_width": 3 * 8 * 8.0 * self.digits_samples * self.digits_width}
 
 
+# The paper (arXiv:2401.07085) comes without code, and of its text only the abstract, introduction and figure
+# captions could be read from our sources: none of them fixes a width, step, init or grid size of this chapter.
+PAPER: dict = {}
+PAPER_NOTE = (
+    "The authors publish no code, and the parts of the paper we could read (abstract, introduction, figure "
+    "captions) give no numbers for these fields: the widths, steps and grids are the book's own, and the `paper` "
+    "preset only enlarges them.")
+
 register(
     "three_mechanisms",
     ThreeMechanisms,
@@ -55,4 +63,6 @@ register(
     paper=dict(widths=(10, 100, 1000, 10000), rescaling_widths=(1, 10, 10000), n_seeds=8, theory_seeds=4096,
                theory_max_width=100000000, grid_points=201, diagram_width=100000, probe_width=10000,
                digits_samples=1500, digits_width=256, digits_steps=5000),
+    paper_source=PAPER,
+    paper_note=PAPER_NOTE,
 )
