@@ -538,3 +538,159 @@ def test_params_lists_every_field_with_its_range_and_preset_values():
     assert "an integer in [0, 4294967295]" in result.stdout
     bad = ld("params", "nope")
     assert bad.returncode == 2 and "chapter must be one of" in bad.stderr
+
+
+# ---- --scheduler and run --all (issue 17) ---------------------------------------------------
+
+
+def _no_kernel(*args, **kwargs):
+    raise AssertionError("a kernel was started")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["feedback_principle", "--scheduler", "local:0"], "got 'local:0'"),
+    (["feedback_principle", "--scheduler", "tcp://host"], "got 'tcp://host'"),
+    (["kpflow", "-p", "scheduler=local:x"], "got 'local:x'"),
+    (["--all", "--scheduler", "8786"], "got 8786"),
+], ids=["local-0", "no-port", "via-p", "all"])
+def test_a_bad_scheduler_is_one_line_before_any_kernel(args, message, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "execute", _no_kernel)
+    start = time.perf_counter()
+    assert cli.main(["run", *args, "--preset", "smoke", "--out", str(tmp_path / "out")]) == 2
+    assert time.perf_counter() - start < 2
+    err = capsys.readouterr().err
+    assert err == ("error: scheduler must be None, 'local:N' or a scheduler address such as tcp://host:8786; "
+                   f"{message}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scheduler_sets_the_presets_parameter():
+    parse = cli.build_parser().parse_args
+    for args, expected in [(["--scheduler", "local:4"], "local:4"), (["--scheduler", " tcp://10.0.0.2:8786 "], "tcp://10.0.0.2:8786"),
+                           (["-p", "scheduler=local:2"], "local:2"), (["--scheduler", "None"], None),
+                           (["--scheduler", "local:2", "-p", "scheduler=local:2"], "local:2")]:
+        job = cli.validate_run(parse(["run", "kpflow", *args]))
+        assert job["parameters"]["overrides"] == {"scheduler": expected}, args
+        assert presets.resolve("kpflow", overrides=job["parameters"]["overrides"]).scheduler == expected
+    assert cli.validate_run(parse(["run", "kpflow"]))["parameters"]["overrides"] == {}, "the preset's own by default"
+    with pytest.raises(cli.UsageError, match="--scheduler local:2 and -p scheduler=local:3 differ; give one"):
+        cli.validate_run(parse(["run", "kpflow", "--scheduler", "local:2", "-p", "scheduler=local:3"]))
+
+
+def test_run_needs_a_chapter_or_all_not_both():
+    none = ld("run", timeout=60)
+    assert none.returncode == 2 and none.stderr == "error: run needs a CHAPTER (see `list`) or --all\n"
+    both = ld("run", "kpflow", "--all", timeout=60)
+    assert both.returncode == 2 and "run takes a CHAPTER or --all, not both" in both.stderr
+
+
+THREE = ["feedback_principle", "kpflow", "spring_block"]
+
+
+def summary_rows(stdout):
+    """The summary table of ``run --all``: chapter -> its row, in order; and the last line (the tally)."""
+    lines = stdout.splitlines()
+    head = max(i for i, line in enumerate(lines) if line.split()[:4] == ["chapter", "status", "wall", "detail"])
+    assert set(lines[head + 1]) <= {"-", " "} and lines[-2] == ""
+    return {line.split()[0]: line for line in lines[head + 2:-2]}, lines[-1]
+
+
+def _fake_execute(behaviour):
+    """``execute`` without a kernel: per chapter, pass, fail two of three claims, or stop in a cell."""
+    calls = []
+
+    def execute(job, folder, display=None):
+        chapter = job["chapter"]
+        calls.append((chapter, job["parameters"]))
+        what = behaviour.get(chapter, "pass")
+        (folder / f"{chapter}.ipynb").write_text("{}")
+        if what == "pass":
+            glued = {"chapter": chapter, "claims": claims.to_records([claims.below("err", 0.1, 1.0)])}
+            (folder / "claims.json").write_text(json.dumps(glued))
+            return
+        if what == "claims":
+            recorded = [claims.below("a", 0.1, 1.0), claims.below("b", 2.0, 1.0), claims.below("c", 3.0, 1.0)]
+            glued = {"chapter": chapter, "claims": claims.to_records(recorded)}
+            (folder / "claims.json").write_text(json.dumps(glued))
+            raise cli.ClaimsFailed(glued, [c for c in recorded if not c.ok], len(recorded))
+        if what == "interrupt":
+            raise KeyboardInterrupt()
+        raise RuntimeError("no such skill")
+
+    return execute, calls
+
+
+def test_run_all_runs_every_chapter_in_turn_and_summarises(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "chapter_notebooks", lambda root=cli.ROOT: {c: tmp_path / f"{c}.ipynb" for c in THREE})
+    execute, calls = _fake_execute({"kpflow": "claims", "spring_block": "error"})
+    monkeypatch.setattr(cli, "execute", execute)
+    out = tmp_path / "runs"
+    assert cli.main(["run", "--all", "--preset", "smoke", "--scheduler", "local:2", "--out", str(out), "-q"]) == 1
+    assert [c for c, _ in calls] == THREE, "in order, each once"
+    assert all(p == {"preset": "smoke", "seed": 0, "device": "cpu", "overrides": {"scheduler": "local:2"}}
+               for _, p in calls)
+    assert sorted(p.name for p in out.iterdir()) == ["feedback_principle-smoke", "kpflow-smoke.failed",
+                                                     "spring_block-smoke.failed"], "no temporary folder or lock left"
+    assert (out / "feedback_principle-smoke" / "claims.json").exists()
+    assert "2 of 3 claims did not pass" in (out / "kpflow-smoke.failed" / "error.txt").read_text()
+    captured = capsys.readouterr()
+    assert "[2/3] kpflow (smoke) -> " in captured.err and "error: kpflow failed: 2 of 3 claims" in captured.err
+    rows, tally = summary_rows(captured.out)
+    assert list(rows) == THREE
+    assert re.match(r"feedback_principle  passed\s+\d+\.\d s  1 claims in .*feedback_principle-smoke$", rows["feedback_principle"])
+    assert re.match(r"kpflow\s+failed claims\s+\d+\.\d s  2 of 3 claims did not pass; notebook, figures and claims.json in",
+                    rows["kpflow"])
+    assert re.match(r"spring_block\s+error\s+\d+\.\d s  RuntimeError: no such skill; the partial notebook in", rows["spring_block"])
+    assert re.fullmatch(r"3 chapters at smoke in \d+\.\d s: passed: 1, failed claims: 1, error: 1", tally)
+
+    execute, calls = _fake_execute({})  # all pass now: exit 0, and the failed runs are superseded
+    monkeypatch.setattr(cli, "execute", execute)
+    assert cli.main(["run", "--all", "--preset", "smoke", "--out", str(out), "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{c}-smoke" for c in THREE]
+    assert capsys.readouterr().out.splitlines()[-1].endswith(": passed: 3")
+
+
+def test_run_all_checks_every_chapter_first_and_goes_on_past_a_locked_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "chapter_notebooks", lambda root=cli.ROOT: {c: tmp_path / f"{c}.ipynb" for c in THREE})
+    monkeypatch.setattr(cli, "execute", _no_kernel)
+    out = tmp_path / "runs"
+    assert cli.main(["run", "--all", "--preset", "smoke", "-p", "alpha=0.5", "--out", str(out)]) == 2
+    assert "unknown parameter 'alpha' for chapter 'kpflow'" in capsys.readouterr().err and not out.exists()
+
+    execute, calls = _fake_execute({"spring_block": "interrupt"})
+    monkeypatch.setattr(cli, "execute", execute)
+    out.mkdir()
+    held = cli.acquire_lock(out / "feedback_principle-smoke")  # another run is writing there
+    try:
+        assert cli.main(["run", "--all", "--preset", "smoke", "--out", str(out), "-q"]) == 1
+    finally:
+        cli.release_lock(held, out / "feedback_principle-smoke")
+    assert [c for c, _ in calls] == ["kpflow", "spring_block"]
+    rows, tally = summary_rows(capsys.readouterr().out)
+    assert re.match(r"feedback_principle\s+error\s+0\.0 s  another run \(pid \d+ on ", rows["feedback_principle"])
+    assert re.match(r"kpflow\s+passed", rows["kpflow"])
+    assert re.match(r"spring_block\s+error\s+\d+\.\d s  interrupted$", rows["spring_block"])
+    assert re.fullmatch(r"3 chapters at smoke in \d+\.\d s: passed: 1, error: 2", tally)
+
+
+def test_run_all_with_real_kernels(tmp_path):
+    """Two fake chapters through papermill: one passes (and sees the scheduler), one fails a claim."""
+    seen = tmp_path / "seen.json"
+    good = fake_chapter(tmp_path / "good.ipynb", body=f"pathlib.Path({str(seen)!r}).write_text(__import__('json').dumps(overrides))")
+    bad = fake_chapter(tmp_path / "bad.ipynb", half=float("nan"))
+    runner = tmp_path / "runner_all.py"
+    runner.write_text(RUNNER.replace('{"feedback_principle": Path(sys.argv[1])}',
+                                     '{k: Path(v) for k, v in __import__("json").loads(sys.argv[1]).items()}'))
+    chapters = json.dumps({"feedback_principle": str(good), "kpflow": str(bad)})
+    out = tmp_path / "runs"
+    result = subprocess.run([sys.executable, str(runner), chapters, "run", "--all", "--preset", "smoke", "--scheduler",
+                             "local:2", "--out", str(out)], cwd=ROOT, env=dict(os.environ, LD_PROGRESS="0"),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stderr
+    assert json.loads(seen.read_text()) == {"scheduler": "local:2"}
+    rows, tally = summary_rows(result.stdout)
+    assert re.match(r"feedback_principle\s+passed\s+\d+\.\d s  2 claims in ", rows["feedback_principle"])
+    assert re.match(r"kpflow\s+failed claims\s+\d+\.\d s  1 of 2 claims did not pass; ", rows["kpflow"])
+    assert tally.endswith(": passed: 1, failed claims: 1")
+    assert sorted(p.name for p in out.iterdir()) == ["feedback_principle-smoke", "kpflow-smoke.failed"]
+    assert cli.main(["check", str(out / "feedback_principle-smoke")]) == 0

@@ -1,7 +1,8 @@
 """The command line: ``python -m learning_dynamics list | run | check``.
 
 - ``list``: every chapter, its figures, presets and measured run times.
-- ``run CHAPTER``: validate the parameters, execute the chapter with
+- ``run CHAPTER`` (or ``run --all``: every chapter in turn, a summary line
+  each, non-zero exit if any failed): validate the parameters, execute the chapter with
   papermill into a temporary folder next to ``--out``, and move it into place
   only when the whole chapter succeeded (notebook, figures, ``claims.json``).
   A run whose claims fail still finishes: it goes to ``OUT.failed`` (notebook,
@@ -10,7 +11,9 @@
   notebook there. ``OUT.lock`` (an flock) allows one run per folder, and a run
   removes the temporary folders of runs that died. It shows the current cell,
   the elapsed time and the library's progress bars as they happen (``--quiet``
-  or LD_PROGRESS=0: none).
+  or LD_PROGRESS=0: none). ``--scheduler local:N`` (or a dask scheduler
+  address) sets the preset's ``scheduler`` parameter: where the chapter's
+  grids run.
 - ``check [DIR | FILE]``: every chapter's claims as one table, from claims.json
   files or executed notebooks, checked against the records' schema; non-zero
   exit if any claim fails, is not reached, or a known discrepancy passes.
@@ -36,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import claims, presets
@@ -182,18 +186,32 @@ def parse_params(pairs: list[str]) -> dict:
     return out
 
 
-def validate_run(args) -> dict:
-    """Everything a run needs, checked before any kernel starts; raises UsageError."""
+def validate_run(args, chapter: str | None = None) -> dict:
+    """Everything a run needs, checked before any kernel starts; raises UsageError.
+
+    ``chapter`` (default ``args.chapter``) is one chapter of ``run --all``, which goes to
+    ``DIR/CHAPTER-PRESET`` with ``DIR`` from ``--out`` (default runs/).
+    """
+    chapter = chapter if chapter is not None else args.chapter
     notebooks = chapter_notebooks()
     overrides = parse_params(args.param)
     seed = overrides.pop("seed", args.seed)
     device = overrides.pop("device", args.device)
+    scheduler = getattr(args, "scheduler", None)
+    if scheduler is not None:  # the preset's scheduler parameter, as -p scheduler=... sets it
+        value = parse_value(scheduler.strip())
+        if "scheduler" in overrides and overrides["scheduler"] != value:
+            raise UsageError(f"--scheduler {scheduler} and -p scheduler={overrides['scheduler']} differ; give one")
+        overrides["scheduler"] = value
     try:
-        check_choice("chapter", args.chapter, sorted(notebooks))
-        presets.resolve(args.chapter, args.preset, seed=seed, device=device, overrides=overrides)
+        check_choice("chapter", chapter, sorted(notebooks))
+        presets.resolve(chapter, args.preset, seed=seed, device=device, overrides=overrides)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    out = Path(args.out) if args.out else ROOT / "runs" / f"{args.chapter}-{args.preset}"
+    if getattr(args, "all", False):
+        out = (Path(args.out) if args.out else ROOT / "runs") / f"{chapter}-{args.preset}"
+    else:
+        out = Path(args.out) if args.out else ROOT / "runs" / f"{chapter}-{args.preset}"
     out = out.expanduser().resolve()
     failed = failed_folder(out)
     try:
@@ -201,7 +219,7 @@ def validate_run(args) -> dict:
     except OSError as err:  # e.g. a folder we may not read
         raise UsageError(f"cannot write to {out}: {err.strerror or err}") from None
     parameters = {"preset": args.preset, "seed": seed, "device": device, "overrides": _as_lists(overrides)}
-    return {"chapter": args.chapter, "notebook": notebooks[args.chapter], "out": out, "failed": failed,
+    return {"chapter": chapter, "notebook": notebooks[chapter], "out": out, "failed": failed,
             "parameters": parameters}
 
 
@@ -533,9 +551,46 @@ def _shown(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
+@dataclass
+class Outcome:
+    """How one chapter's run ended: ``passed``, ``failed claims`` or ``error`` (with why), and its wall time."""
+
+    chapter: str
+    status: str
+    detail: str
+    seconds: float
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == PASSED
+
+
+PASSED, FAILED_CLAIMS, ERROR, NOT_RUN = "passed", "failed claims", "error", "not run"
+
+
+def _quiet(args) -> bool:
+    return args.quiet or os.environ.get("LD_PROGRESS", "1") == "0"  # as train.progress_enabled, without torch
+
+
 def cmd_run(args) -> int:
-    job = validate_run(args)
+    if args.all:
+        if args.chapter:
+            raise UsageError(f"run takes a CHAPTER or --all, not both; got {args.chapter!r} and --all")
+        return run_all(args)
+    if not args.chapter:
+        raise UsageError("run needs a CHAPTER (see `list`) or --all")
+    return 0 if run_job(validate_run(args), _quiet(args)).ok else 1
+
+
+def run_job(job: dict, quiet: bool = False) -> Outcome:
+    """Run one validated chapter into its folder (lock, temporary folder, OUT.failed); print how it ended.
+
+    Raises UsageError when the run cannot start (its folder is locked or cannot be written); every
+    failure after that is an :class:`Outcome`.
+    """
     out, failed, chapter = job["out"], job["failed"], job["chapter"]
+    start = time.monotonic()
     lock = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -550,7 +605,6 @@ def cmd_run(args) -> int:
         if lock is not None:
             release_lock(lock, out)
         raise UsageError(f"cannot write to {out}: {err.strerror or err}") from None
-    quiet = args.quiet or os.environ.get("LD_PROGRESS", "1") == "0"  # as train.progress_enabled, without torch
     display = None if quiet else LiveProgress(chapter, folder / PROGRESS_FILE)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed run cleans up like Ctrl-C
     try:
@@ -561,7 +615,8 @@ def cmd_run(args) -> int:
     except ClaimsFailed as err:
         where = _keep_failed(folder, failed, f"{chapter}: {err}")
         print(f"error: {chapter} failed: {err}; {where}; {_kept(out)}", file=sys.stderr)
-        return 1
+        return Outcome(chapter, FAILED_CLAIMS, f"{len(err.failed)} of {err.total} claims did not pass; {where}",
+                       time.monotonic() - start)
     except BaseException as err:
         reason = describe_failure(err)
         where = None
@@ -569,7 +624,8 @@ def cmd_run(args) -> int:
             where = _keep_failed(folder, failed, f"{chapter}: {reason}", partial=True)
         shutil.rmtree(folder, ignore_errors=True)
         print(f"error: {chapter} failed: {reason}; {where + '; ' if where else ''}{_kept(out)}", file=sys.stderr)
-        return 1
+        return Outcome(chapter, ERROR, reason + (f"; {where}" if where else ""), time.monotonic() - start,
+                       interrupted=isinstance(err, KeyboardInterrupt))
     finally:
         signal.signal(signal.SIGTERM, previous)
         release_lock(lock, out)
@@ -578,7 +634,56 @@ def cmd_run(args) -> int:
         shutil.rmtree(failed, ignore_errors=True)
         note = f" (removed {_shown(failed)}, an earlier failed run)"
     print(f"{chapter} ({job['parameters']['preset']}): notebook, figures and claims.json in {_shown(out)}{note}")
-    return 0
+    return Outcome(chapter, PASSED, f"{_claim_count(out)} in {_shown(out)}", time.monotonic() - start)
+
+
+def _claim_count(out: Path) -> str:
+    try:
+        return f"{len(json.loads((out / 'claims.json').read_text())['claims'])} claims"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "claims"
+
+
+def run_all(args) -> int:
+    """``run --all``: every chapter in turn (each its own kernel, as ``run CHAPTER``), then one line per chapter.
+
+    Every chapter's parameters and folder are checked before the first kernel starts. A chapter whose
+    run cannot start (a locked folder) is an error and the next one runs; Ctrl-C stops the sequence.
+    Exit 1 if any chapter did not pass.
+    """
+    chapters = list(chapter_notebooks())
+    if not chapters:
+        raise UsageError(f"no chapter notebooks in {notebooks_dir()}")
+    jobs = [validate_run(args, chapter) for chapter in chapters]
+    quiet = _quiet(args)
+    outcomes = []
+    for k, job in enumerate(jobs, 1):
+        print(f"[{k}/{len(jobs)}] {job['chapter']} ({args.preset}) -> {_shown(job['out'])}", file=sys.stderr)
+        try:
+            outcome = run_job(job, quiet)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            outcome = Outcome(job["chapter"], ERROR, str(err), 0.0)
+        outcomes.append(outcome)
+        if outcome.interrupted:
+            outcomes += [Outcome(j["chapter"], NOT_RUN, "after the interrupt", 0.0) for j in jobs[k:]]
+            break
+    print(summary(outcomes, args.preset))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def summary(outcomes: list[Outcome], preset: str) -> str:
+    """One line per chapter (status, wall time, detail) and a count of each status."""
+    rows = [(o.chapter, o.status, f"{o.seconds:.1f} s", _cut(o.detail)) for o in outcomes]
+    counts = Counter(o.status for o in outcomes)
+    total = sum(o.seconds for o in outcomes)
+    tally = ", ".join(f"{s}: {counts[s]}" for s in (PASSED, FAILED_CLAIMS, ERROR, NOT_RUN) if counts[s])
+    return (f"\n{format_table(('chapter', 'status', 'wall', 'detail'), rows)}\n\n"
+            f"{len(outcomes)} chapters at {preset} in {total:.1f} s: {tally}")
+
+
+def _cut(text: str, width: int = 110) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _keep_failed(folder: Path, failed: Path, reason: str, partial: bool = False) -> str:
@@ -736,15 +841,23 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("chapter", help="a chapter name (see `list`)")
     params.set_defaults(func=cmd_params)
 
-    run = sub.add_parser("run", help="execute one chapter into a folder (notebook, figures, claims.json)")
-    run.add_argument("chapter", help="a chapter name (see `list`)")
+    run = sub.add_parser("run", help="execute one chapter (or --all) into a folder (notebook, figures, claims.json)")
+    run.add_argument("chapter", nargs="?", help="a chapter name (see `list`); or --all")
+    run.add_argument("--all", action="store_true",
+                     help="every chapter, one after another, each into DIR/CHAPTER-PRESET; a summary line per chapter; "
+                          "non-zero exit if any failed")
     run.add_argument("--preset", default="book", choices=presets.PRESET_NAMES)
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                      help="override a preset field (repeatable); seed and device too")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    run.add_argument("--scheduler", metavar="S",
+                     help="where the chapter's grids run: 'local:N' (a dask LocalCluster of N workers), a dask scheduler "
+                          "address such as tcp://host:8786, or None (in process); default: the preset's. "
+                          "The same as -p scheduler=S")
     run.add_argument("--out", metavar="DIR", help="output folder (default: runs/CHAPTER-PRESET); "
-                     "a run whose claims fail goes to DIR.failed")
+                     "a run whose claims fail goes to DIR.failed. With --all, the folder of every chapter's "
+                     "CHAPTER-PRESET (default: runs)")
     run.add_argument("-q", "--quiet", action="store_true",
                      help="no live progress (current cell, elapsed time, progress bars) on stderr")
     run.set_defaults(func=cmd_run)
