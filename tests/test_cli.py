@@ -687,10 +687,44 @@ def test_run_all_with_real_kernels(tmp_path):
                              "local:2", "--out", str(out)], cwd=ROOT, env=dict(os.environ, LD_PROGRESS="0"),
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 1, result.stderr
-    assert json.loads(seen.read_text()) == {"scheduler": "local:2"}
+    assert json.loads(seen.read_text()) == {"scheduler": "local:2", "cache": str(out / "feedback_principle-smoke.cache")}
     rows, tally = summary_rows(result.stdout)
     assert re.match(r"feedback_principle\s+passed\s+\d+\.\d s  2 claims in ", rows["feedback_principle"])
     assert re.match(r"kpflow\s+failed claims\s+\d+\.\d s  1 of 2 claims did not pass; ", rows["kpflow"])
     assert tally.endswith(": passed: 1, failed claims: 1")
     assert sorted(p.name for p in out.iterdir()) == ["feedback_principle-smoke", "kpflow-smoke.failed"]
     assert cli.main(["check", str(out / "feedback_principle-smoke")]) == 0
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_cached_chunks(tmp_path):
+    """A chapter killed mid-grid, run again: the finished chunks are loaded, not recomputed, and the claims equal
+    an uninterrupted run's (feedback_principle at smoke on a LocalCluster of 2 workers, whose lambda grids are
+    bitwise the same in any chunking)."""
+    command = [sys.executable, "-m", "learning_dynamics", "run", "feedback_principle", "--preset", "smoke",
+               "--scheduler", "local:2", "-q"]
+    env = dict(os.environ, LD_PROGRESS="0")
+    whole = subprocess.run(command + ["--out", str(tmp_path / "whole")], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    assert not (tmp_path / "whole.cache").exists(), "a run that succeeded removes its own cache"
+
+    cache = tmp_path / "chunks"
+    resumed = command + ["--out", str(tmp_path / "resumed"), "-p", f"cache={cache}"]
+    killed = subprocess.Popen(resumed, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(cache.glob("*/chunk-*.npz")) and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGTERM)
+    _, err = killed.communicate(timeout=120)
+    assert killed.returncode == 1, err
+    assert "interrupted" in err and "the same command resumes" in err, err
+    done = {p.name: p.stat().st_mtime_ns for p in cache.glob("*/chunk-*.npz")}
+    assert done and not (tmp_path / "resumed").exists()
+
+    again = subprocess.run(resumed, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*/chunk-*.npz")}
+    assert {name: after[name] for name in done} == done, "the finished chunks were loaded, not computed again"
+    assert len(after) > len(done), "the rest of the grid was computed"
+    assert (tmp_path / "resumed" / "claims.json").read_text() == (tmp_path / "whole" / "claims.json").read_text()

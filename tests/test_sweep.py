@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import sys
 import time
@@ -224,6 +225,27 @@ def test_an_interrupted_sweep_resumes_from_its_cache(tmp_path):
     assert fn.computed == [GRID.flat["lam"][3]]
     array_run = sweep.map(numpy_points, [(1, 2), (3, 4), (5, 6)], chunks=2, cache=str(tmp_path))  # folder only
     assert np.array_equal(sweep.map(numpy_points, [(1, 2), (3, 4), (5, 6)], chunks=2, cache=tmp_path), array_run)
+
+
+def test_a_connection_with_a_cache_numbers_its_maps(tmp_path):
+    """Two maps of one function over the same points, through one cached connection, are two runs (call 0 and 1),
+    and a new connection of the same run (a rerun of the chapter) finds both."""
+    cache = sweep.Cache(tmp_path, key={"chapter": "feedback_principle", "preset": "smoke"})
+    first, second = Recorder(), Recorder()
+    with sweep.client(None, cache=cache) as here:
+        assert "chunks cached in" in repr(here)
+        a = sweep.map(first, GRID, chunks=5, client=here)
+        b = sweep.map(first, GRID, chunks=5, client=here)  # the same function and points: told apart by call
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
+    assert {json.loads(k.read_text())["key"]["call"] for k in tmp_path.glob("*/key.json")} == {0, 1}
+    with sweep.client(None, cache=str(tmp_path / "elsewhere")) as other:
+        assert other.cache.folder == tmp_path / "elsewhere"
+    with sweep.client(None, cache=cache) as rerun:
+        assert_same(sweep.map(second, GRID, chunks=5, client=rerun), a)
+        assert_same(sweep.map(second, GRID, chunks=5, client=rerun), b)
+    assert second.computed == []
+    with pytest.raises(ValueError, match="cache must be None, a folder or a sweep.Cache; got 3"):
+        sweep.client(None, cache=3)
 
 
 def test_the_cache_is_shared_by_the_cluster_and_the_process(cluster, tmp_path):

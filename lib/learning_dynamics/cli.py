@@ -218,9 +218,13 @@ def validate_run(args, chapter: str | None = None) -> dict:
         _check_out(out, failed)
     except OSError as err:  # e.g. a folder we may not read
         raise UsageError(f"cannot write to {out}: {err.strerror or err}") from None
+    if overrides.get("cache") is not None:  # the kernel may run elsewhere: an absolute folder
+        overrides["cache"] = str(Path(overrides["cache"]).expanduser().resolve())
     parameters = {"preset": args.preset, "seed": seed, "device": device, "overrides": _as_lists(overrides)}
     return {"chapter": chapter, "notebook": notebooks[chapter], "out": out, "failed": failed,
-            "parameters": parameters}
+            "parameters": parameters, "own_cache": "cache" not in overrides,
+            "cache": cache_folder(out) if "cache" not in overrides else
+            (Path(overrides["cache"]) if overrides["cache"] is not None else None)}
 
 
 def _check_out(out: Path, failed: Path) -> None:
@@ -238,6 +242,20 @@ def _check_out(out: Path, failed: Path) -> None:
 def failed_folder(out: Path) -> Path:
     """``OUT.failed``: the latest run into ``out`` whose claims failed (or that stopped early)."""
     return out.with_name(out.name + ".failed")
+
+
+def _with_cache(job: dict) -> dict:
+    """The notebook's parameters, with ``cache=OUT.cache`` unless the reader gave ``-p cache=...``."""
+    if not job.get("own_cache"):
+        return job["parameters"]
+    parameters = dict(job["parameters"])
+    parameters["overrides"] = {**parameters["overrides"], "cache": str(job["cache"])}
+    return parameters
+
+
+def cache_folder(out: Path) -> Path:
+    """``OUT.cache``: the finished chunks of a run's grids, kept until the run into ``out`` succeeds."""
+    return out.with_name(out.name + ".cache")
 
 
 def lock_file(out: Path) -> Path:
@@ -323,7 +341,7 @@ def execute(job: dict, folder: Path, display: LiveProgress | None = None) -> Non
     _register_engine()
     with _environment(env):
         try:
-            pm.execute_notebook(str(job["notebook"]), str(executed), parameters=job["parameters"], kernel_name="python3",
+            pm.execute_notebook(str(job["notebook"]), str(executed), parameters=_with_cache(job), kernel_name="python3",
                                 cwd=str(ROOT), progress_bar=False, engine_name=ENGINE,
                                 on_cell=display.cell if display is not None else None)
         except Exception as err:
@@ -614,7 +632,7 @@ def run_job(job: dict, quiet: bool = False) -> Outcome:
         replace_folder(folder, out)
     except ClaimsFailed as err:
         where = _keep_failed(folder, failed, f"{chapter}: {err}")
-        print(f"error: {chapter} failed: {err}; {where}; {_kept(out)}", file=sys.stderr)
+        print(f"error: {chapter} failed: {err}; {where}; {_kept(out)}{_resume_note(job)}", file=sys.stderr)
         return Outcome(chapter, FAILED_CLAIMS, f"{len(err.failed)} of {err.total} claims did not pass; {where}",
                        time.monotonic() - start)
     except BaseException as err:
@@ -623,13 +641,16 @@ def run_job(job: dict, quiet: bool = False) -> Outcome:
         if not isinstance(err, KeyboardInterrupt) and (folder / f"{chapter}.ipynb").exists():
             where = _keep_failed(folder, failed, f"{chapter}: {reason}", partial=True)
         shutil.rmtree(folder, ignore_errors=True)
-        print(f"error: {chapter} failed: {reason}; {where + '; ' if where else ''}{_kept(out)}", file=sys.stderr)
+        print(f"error: {chapter} failed: {reason}; {where + '; ' if where else ''}{_kept(out)}{_resume_note(job)}",
+              file=sys.stderr)
         return Outcome(chapter, ERROR, reason + (f"; {where}" if where else ""), time.monotonic() - start,
                        interrupted=isinstance(err, KeyboardInterrupt))
     finally:
         signal.signal(signal.SIGTERM, previous)
         release_lock(lock, out)
     note = ""
+    if job.get("own_cache"):  # the run is complete: its chunks are no longer needed
+        shutil.rmtree(job["cache"], ignore_errors=True)
     if failed.exists():  # an earlier failed run into this folder is superseded
         shutil.rmtree(failed, ignore_errors=True)
         note = f" (removed {_shown(failed)}, an earlier failed run)"
@@ -718,6 +739,12 @@ def _one_line(text: str) -> str:
 
 def _kept(out: Path) -> str:
     return f"{_shown(out)} was left as it was" if out.exists() else f"nothing was written to {_shown(out)}"
+
+
+def _resume_note(job: dict) -> str:
+    """How many finished chunks the run left in its cache, which the same command picks up."""
+    chunks = len(list(job["cache"].glob("*/chunk-*.npz"))) if job.get("cache") is not None else 0
+    return f"; {chunks} finished chunk(s) kept in {_shown(job['cache'])}: the same command resumes" if chunks else ""
 
 
 # ---- check -----------------------------------------------------------------------------------

@@ -258,6 +258,10 @@ class Cache:
     def __repr__(self):
         return f"Cache({str(self.folder)!r}, key={self.key!r})"
 
+    def for_call(self, index: int) -> "Cache":
+        """The cache of the ``index``-th map of one run (a :class:`Connection` numbers them in call order)."""
+        return Cache(self.folder, key={**self.key, "call": index})
+
     def run_folder(self, fn_name: str, size: int, chunk_size: int) -> tuple[Path, dict]:
         """The folder of one run's chunks and the description its name hashes."""
         described = {"key": json.loads(self._key_text), "fn": fn_name, "size": size, "chunk_size": chunk_size,
@@ -489,6 +493,8 @@ def map(fn, items, *, client=None, chunks: int | None = None, cache=None, desc: 
     """
     if not callable(fn):
         raise ValueError(f"fn must be a callable fn(chunk); got {value_text(fn)}")
+    if cache is None and isinstance(client, Connection):
+        cache = client.next_cache()
     points = _Items(items)
     chunks = _check_chunks(chunks)
     retries = check_int("retries", retries, low=0)
@@ -544,7 +550,8 @@ def map_runs(fn, n: int, *, client=None, chunks: int | None = None, cache=None, 
     from .results import Run
 
     n = check_int("n", n, low=1)
-    if not client and chunks is None and cache is None:
+    cached = cache is not None or (isinstance(client, Connection) and client.cache is not None)
+    if not client and chunks is None and not cached:
         return fn(np.arange(n))
 
     def rows(index):
@@ -681,10 +688,24 @@ class Connection:
     Pass it as :func:`map`'s ``client``. ``with sweep.client(scheduler) as c:``
     closes the client, and the LocalCluster it started, on leaving; so does
     :meth:`close`. ``bool(c)`` is False in process.
+
+    With a ``cache`` (a :class:`Cache` naming the run), every :func:`map` and
+    :func:`map_runs` given this connection and no cache of its own caches its
+    chunks there, under the key plus its call number (0, 1, ... in the order
+    of the calls): a rerun of the same chapter makes the same calls in the
+    same order, so it finds the chunks of each one.
     """
 
-    def __init__(self, scheduler, client=None, owned: bool = True):
+    def __init__(self, scheduler, client=None, owned: bool = True, cache: Cache | None = None):
         self.scheduler, self.client, self._owned = scheduler, client, owned
+        self.cache, self._calls = cache, 0
+
+    def next_cache(self) -> Cache | None:
+        """The cache of the next map on this connection (None without one)."""
+        if self.cache is None:
+            return None
+        self._calls += 1
+        return self.cache.for_call(self._calls - 1)
 
     def __bool__(self):
         return self.client is not None
@@ -709,7 +730,8 @@ class Connection:
 
     def __repr__(self):
         where = "in process" if self.client is None else repr(self.client)
-        return f"Connection({self.scheduler!r}: {where})"
+        cached = f", chunks cached in {str(self.cache.folder)!r}" if self.cache is not None else ""
+        return f"Connection({self.scheduler!r}: {where}{cached})"
 
 
 class Scheduler(Constraint):
@@ -735,7 +757,7 @@ class Scheduler(Constraint):
         return "local:0"
 
 
-def client(scheduler=None, *, timeout: float = 3.0) -> Connection:
+def client(scheduler=None, *, cache=None, timeout: float = 3.0) -> Connection:
     """The chapter parameter ``scheduler`` as a :class:`Connection` for :func:`map`.
 
     - ``None``: in process (``Connection.client`` is None).
@@ -749,9 +771,21 @@ def client(scheduler=None, *, timeout: float = 3.0) -> Connection:
       with the connection; the cluster stays the caller's).
 
     Every worker imports ``learning_dynamics`` (its CPU thread policy) and uses
-    one torch thread before it runs a chunk.
+    one torch thread before it runs a chunk. ``cache`` (None, a folder or a
+    :class:`Cache`) caches the chunks of every map made through the
+    connection (see :class:`Connection`).
     """
     timeout = check_positive("timeout", timeout)
+    if isinstance(cache, (str, os.PathLike)):
+        cache = Cache(cache)
+    elif cache is not None and not isinstance(cache, Cache):
+        raise ValueError(f"cache must be None, a folder or a sweep.Cache; got {value_text(cache)}")
+    connection = _connect(scheduler, timeout)
+    connection.cache = cache
+    return connection
+
+
+def _connect(scheduler, timeout) -> Connection:
     if scheduler is None:
         return Connection(None)
     if isinstance(scheduler, str):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sweep import Scheduler
-from ..validation import Integer, Options, Real, Sequence, check_choice, check_device
+from ..validation import InstanceOf, Integer, Optional, Options, Real, Sequence, check_choice, check_device
 
 PRESET_NAMES = ("smoke", "book", "paper")
 MAX_SEED = 2**32 - 1  # every generator the chapters use (numpy, torch) takes it, with the offsets chapters add
@@ -65,6 +65,10 @@ class ChapterPreset:
     scheduler: str | None = field(default=None, metadata={"constraint": Scheduler(), "help": (
         "where the chapter's grids run: None (in this process), 'local:N' (a dask LocalCluster of N workers) "
         "or a dask scheduler address")})
+    cache: str | None = field(default=None, repr=False, metadata={"constraint": Optional(InstanceOf(
+        str, description="a folder (a string)")), "help": (
+        "a folder where the grids' finished chunks are kept, so that an interrupted run resumes; "
+        "`run` sets OUT.cache. Results do not depend on it (not shown with the other fields)")})
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESET_NAMES)
@@ -87,6 +91,21 @@ class ChapterPreset:
                 raise ValueError(f"{name} = {getattr(self, name)!r} would need about {_gigabytes(need)} of memory; "
                                  f"this {'GPU' if self.device != 'cpu' else 'machine'} has {_gigabytes(have)} "
                                  f"(lower {name}, or run on a larger machine)")
+
+    def connect(self):
+        """The chapter's :func:`~learning_dynamics.sweep.client`: its grids run on ``scheduler``, chunks cached in ``cache``.
+
+        The cache's key is the chapter and every field but ``scheduler`` and
+        ``cache`` (neither changes a result), so a rerun with the same
+        parameters resumes from the chunks an interrupted run finished.
+        """
+        from .. import sweep
+
+        cache = None
+        if self.cache is not None:
+            key = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("scheduler", "cache")}
+            cache = sweep.Cache(self.cache, key={"chapter": chapter_of(self), **key})
+        return sweep.client(self.scheduler, cache=cache)
 
     def tunable(self) -> dict[str, str]:
         """Chapter fields a reader may override, with their allowed values."""
@@ -173,6 +192,15 @@ def register(chapter: str, cls: type[ChapterPreset], *, smoke: dict, book: dict,
 def _discover() -> None:
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")
+
+
+def chapter_of(cfg: ChapterPreset) -> str:
+    """The chapter whose preset ``cfg`` is."""
+    _discover()
+    for chapter, (cls, _) in _REGISTRY.items():
+        if type(cfg) is cls:
+            return chapter
+    raise ValueError(f"cfg must be a registered chapter's preset; got {type(cfg).__name__}")
 
 
 def chapters() -> list[str]:
