@@ -117,3 +117,28 @@ def test_same_value():
     assert not presets.same_value((0.1,), 0.1)
     assert not presets.same_value("gru", "rnn")
     assert not presets.same_value(700, 1000)
+
+
+def _paper_times():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("paper_times", ROOT / "bench" / "paper_times.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_the_paper_time_slice_decides_on_every_training_length(chapter):
+    """bench/paper_times.py cuts a chapter's training lengths to estimate its paper run: every field named like a
+    step count is either cut (SCALED) or kept with a reason (KEPT), so a new one cannot be missed silently."""
+    times = _paper_times()
+    scaled, kept = set(times.SCALED[chapter]), set(times.KEPT.get(chapter, {}))
+    assert not scaled & kept
+    assert set(times.training_fields(chapter)) == scaled | kept
+    cut = times.slice_overrides(chapter, times.FRACTION[chapter])
+    presets.resolve(chapter, "paper", overrides=cut)  # a slice is a valid run
+    full = presets.resolve(chapter, "paper")
+    assert all(1 <= cut[name] < getattr(full, name) for name in scaled)

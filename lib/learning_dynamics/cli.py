@@ -47,6 +47,7 @@ from .validation import check_choice
 
 ROOT = Path(__file__).resolve().parents[2]  # lib/learning_dynamics/ -> repository root
 TIMINGS = Path("bench") / "timings.json"
+PAPER_TIMES = Path("bench") / "paper_times.json"  # bench/paper_times.py: measured, or extrapolated from slices
 NOT_MEASURED = "not measured"
 PROGRESS_FILE_ENV = "LD_PROGRESS_FILE"  # train.progress appends its loops' state to this file
 PROGRESS_FILE = ".progress"  # inside the run's temporary folder; removed before the folder moves
@@ -94,9 +95,9 @@ def figure_labels(nb: dict) -> list[str]:
     return [label for label, _ in figures(nb)]
 
 
-def read_timings(root: Path = ROOT) -> dict:
-    """``bench/timings.json`` as {chapter: {preset: seconds}}; {} if absent or unreadable."""
-    path = root / TIMINGS
+def read_timings(root: Path = ROOT, path: Path = TIMINGS) -> dict:
+    """``bench/timings.json`` as {chapter: {preset: seconds}} (or another bench JSON file); {} if absent or unreadable."""
+    path = root / path
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -128,20 +129,41 @@ def _seconds(timings: dict, chapter: str, preset: str) -> str:
     return NOT_MEASURED
 
 
+def duration(seconds: float) -> str:
+    """``"42 s"``, ``"6.5 min"`` or ``"31 h"``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _paper_seconds(entry) -> str:
+    """A bench/paper_times.json entry as ``58 s (measured)``, ``~53 min (extrapolated)`` or ``>= 31 h (at least)``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("seconds"), (int, float)):
+        return NOT_MEASURED
+    how = entry.get("how")
+    mark = {"measured": "", "extrapolated": "~", "at least": ">= "}.get(how)
+    if mark is None:
+        return NOT_MEASURED
+    return f"{mark}{duration(entry['seconds'])} ({how})"
+
+
 # ---- list ------------------------------------------------------------------------------------
 
 
 def cmd_list(args) -> int:
-    timings = read_timings()
+    timings, paper_times = read_timings(), read_timings(path=PAPER_TIMES)
     head = ("chapter", *presets.PRESET_NAMES, "figure", "caption")
     rows = []
     for chapter, path in chapter_notebooks().items():
-        times = [_seconds(timings, chapter, p) for p in presets.PRESET_NAMES]
+        times = [_seconds(timings, chapter, p) for p in presets.PRESET_NAMES if p != "paper"]
+        times.append(_paper_seconds(paper_times.get(chapter)))
         for k, (label, caption) in enumerate(figures(read_notebook(path)) or [("(none)", "")]):
             lead = (chapter, *times) if k == 0 else ("",) * (1 + len(times))
             rows.append((*lead, label, _short(caption)))
     print(format_table(head, rows))
-    print(f"\nrun times: wall seconds at each preset, from {TIMINGS} (`make bench`).")
+    print(f"\nrun times: wall time on this machine, from {TIMINGS} (`make bench`); paper: from {PAPER_TIMES} "
+          "(`bench/paper_times.py`): measured, or extrapolated from two runs with the paper's training cut short "
+          "('at least': the estimate leaves out work that those runs skip; see the file's note).")
     return 0
 
 
