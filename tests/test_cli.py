@@ -218,7 +218,8 @@ from pathlib import Path
 from learning_dynamics import cli
 
 cli.chapter_notebooks = lambda root=cli.ROOT: {"feedback_principle": Path(sys.argv[1])}
-sys.exit(cli.main(sys.argv[2:]))
+if __name__ == "__main__":  # a LocalCluster's worker processes import this file again
+    sys.exit(cli.main(sys.argv[2:]))
 """
 
 
@@ -638,10 +639,9 @@ def test_run_all_runs_every_chapter_in_turn_and_summarises(tmp_path, monkeypatch
     execute, calls = _fake_execute({"kpflow": "claims", "spring_block": "error"})
     monkeypatch.setattr(cli, "execute", execute)
     out = tmp_path / "runs"
-    assert cli.main(["run", "--all", "--preset", "smoke", "--scheduler", "local:2", "--out", str(out), "-q"]) == 1
+    assert cli.main(["run", "--all", "--preset", "smoke", "--seed", "3", "--out", str(out), "-q"]) == 1
     assert [c for c, _ in calls] == THREE, "in order, each once"
-    assert all(p == {"preset": "smoke", "seed": 0, "device": "cpu", "overrides": {"scheduler": "local:2"}}
-               for _, p in calls)
+    assert all(p == {"preset": "smoke", "seed": 3, "device": "cpu", "overrides": {}} for _, p in calls)
     assert sorted(p.name for p in out.iterdir()) == ["feedback_principle-smoke", "kpflow-smoke.failed",
                                                      "spring_block-smoke.failed"], "no temporary folder or lock left"
     assert (out / "feedback_principle-smoke" / "claims.json").exists()
@@ -700,7 +700,10 @@ def test_run_all_with_real_kernels(tmp_path):
                              "local:2", "--out", str(out)], cwd=ROOT, env=dict(os.environ, LD_PROGRESS="0"),
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 1, result.stderr
-    assert json.loads(seen.read_text()) == {"scheduler": "local:2", "cache": str(out / "feedback_principle-smoke.cache")}
+    seen = json.loads(seen.read_text())  # the chapters ran at once, on the one LocalCluster that run --all started
+    assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", seen.pop("scheduler")), seen
+    assert seen == {"cache": str(out / "feedback_principle-smoke.cache")}
+    assert "2 chapters at once on the dask cluster at tcp://127.0.0.1:" in result.stderr
     rows, tally = summary_rows(result.stdout)
     assert re.match(r"feedback_principle\s+passed\s+\d+\.\d s  2 claims in ", rows["feedback_principle"])
     assert re.match(r"kpflow\s+failed claims\s+\d+\.\d s  1 of 2 claims did not pass; ", rows["kpflow"])
@@ -741,3 +744,17 @@ def test_a_killed_run_resumes_from_its_cached_chunks(tmp_path):
     assert {name: after[name] for name in done} == done, "the finished chunks were loaded, not computed again"
     assert len(after) > len(done), "the rest of the grid was computed"
     assert (tmp_path / "resumed" / "claims.json").read_text() == (tmp_path / "whole" / "claims.json").read_text()
+
+
+def test_run_all_on_a_scheduler_that_does_not_answer_stops_before_any_chapter(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "chapter_notebooks", lambda root=cli.ROOT: {c: tmp_path / f"{c}.ipynb" for c in THREE})
+    monkeypatch.setattr(cli, "execute", _no_kernel)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    start = time.monotonic()
+    assert cli.main(["run", "--all", "--preset", "smoke", "--scheduler", f"tcp://127.0.0.1:{port}",
+                     "--out", str(tmp_path / "runs")]) == 2
+    assert time.monotonic() - start < 30
+    assert "no scheduler answered there within 3 s" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -688,41 +688,90 @@ def _claim_count(out: Path) -> str:
 
 
 def run_all(args) -> int:
-    """``run --all``: every chapter in turn (each its own kernel, as ``run CHAPTER``), then one line per chapter.
+    """``run --all``: every chapter (each its own kernel, as ``run CHAPTER``), then one line per chapter.
 
-    Every chapter's parameters and folder are checked before the first kernel starts. A chapter whose
-    run cannot start (a locked folder) is an error and the next one runs; Ctrl-C stops the sequence.
-    Exit 1 if any chapter did not pass.
+    Every chapter's parameters and folder are checked before the first kernel starts. Without a
+    scheduler the chapters run one after another; Ctrl-C stops the sequence. With one (``--scheduler``
+    or ``-p scheduler=...``) they run at the same time, each in its own process, sharing one cluster:
+    ``local:N`` is started once here and every chapter connects to its address. A chapter whose run
+    cannot start (a locked folder) is an error and the others run. Exit 1 if any chapter did not pass.
     """
     chapters = list(chapter_notebooks())
     if not chapters:
         raise UsageError(f"no chapter notebooks in {notebooks_dir()}")
     jobs = [validate_run(args, chapter) for chapter in chapters]
-    quiet = _quiet(args)
-    outcomes = []
-    for k, job in enumerate(jobs, 1):
-        print(f"[{k}/{len(jobs)}] {job['chapter']} ({args.preset}) -> {_shown(job['out'])}", file=sys.stderr)
-        try:
-            outcome = run_job(job, quiet)
-        except UsageError as err:
-            print(f"error: {err}", file=sys.stderr)
-            outcome = Outcome(job["chapter"], ERROR, str(err), 0.0)
-        outcomes.append(outcome)
-        if outcome.interrupted:
-            outcomes += [Outcome(j["chapter"], NOT_RUN, "after the interrupt", 0.0) for j in jobs[k:]]
-            break
-    print(summary(outcomes, args.preset))
+    scheduler = jobs[0]["parameters"]["overrides"].get("scheduler")
+    start = time.monotonic()
+    outcomes = _run_together(jobs, scheduler) if scheduler is not None else _run_in_turn(jobs, _quiet(args))
+    print(summary(outcomes, args.preset, time.monotonic() - start))
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-def summary(outcomes: list[Outcome], preset: str) -> str:
-    """One line per chapter (status, wall time, detail) and a count of each status."""
+def _run_one(job: dict, quiet: bool) -> Outcome:
+    print(f"{job['chapter']} ({job['parameters']['preset']}) -> {_shown(job['out'])}", file=sys.stderr, flush=True)
+    try:
+        return run_job(job, quiet)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return Outcome(job["chapter"], ERROR, str(err), 0.0)
+
+
+def _run_in_turn(jobs: list[dict], quiet: bool) -> list[Outcome]:
+    outcomes = []
+    for k, job in enumerate(jobs, 1):
+        print(f"[{k}/{len(jobs)}] ", end="", file=sys.stderr)
+        outcomes.append(_run_one(job, quiet))
+        if outcomes[-1].interrupted:
+            outcomes += [Outcome(j["chapter"], NOT_RUN, "after the interrupt", 0.0) for j in jobs[k:]]
+            break
+    return outcomes
+
+
+def _run_together(jobs: list[dict], scheduler) -> list[Outcome]:
+    """Every chapter at once, one process each (their own environment, figures and signals), on one cluster."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from . import sweep
+
+    # The chapters' processes fork before the cluster's client starts its threads (a fork copies only the
+    # forking thread); forked, they also run the very code this process runs.
+    pool = ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("fork"))
+    pool.submit(int).result()  # starts every process now
+    try:
+        connection = sweep.client(scheduler)
+    except ValueError as err:
+        pool.shutdown()
+        raise UsageError(str(err)) from None
+    with connection:
+        address = connection.client.scheduler.address
+        for job in jobs:
+            job["parameters"]["overrides"]["scheduler"] = address
+        print(f"{len(jobs)} chapters at once on the dask cluster at {address} ({connection.n_workers} workers)",
+              file=sys.stderr, flush=True)
+        futures = [pool.submit(_run_one, job, True) for job in jobs]
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            outcomes = [f.result() for f in futures]
+        except KeyboardInterrupt:  # each chapter cleans up as a killed run does, then reports
+            for process in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(OSError):
+                    process.terminate()
+            outcomes = [f.result() if not f.cancelled() and f.exception() is None else
+                        Outcome(j["chapter"], ERROR, "interrupted", 0.0, interrupted=True) for f, j in zip(futures, jobs)]
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+def summary(outcomes: list[Outcome], preset: str, elapsed: float) -> str:
+    """One line per chapter (status, wall time, detail) and a count of each status, in ``elapsed`` seconds in all."""
     rows = [(o.chapter, o.status, f"{o.seconds:.1f} s", _cut(o.detail)) for o in outcomes]
     counts = Counter(o.status for o in outcomes)
-    total = sum(o.seconds for o in outcomes)
     tally = ", ".join(f"{s}: {counts[s]}" for s in (PASSED, FAILED_CLAIMS, ERROR, NOT_RUN) if counts[s])
     return (f"\n{format_table(('chapter', 'status', 'wall', 'detail'), rows)}\n\n"
-            f"{len(outcomes)} chapters at {preset} in {total:.1f} s: {tally}")
+            f"{len(outcomes)} chapters at {preset} in {elapsed:.1f} s: {tally}")
 
 
 def _cut(text: str, width: int = 110) -> str:
