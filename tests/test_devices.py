@@ -294,6 +294,28 @@ def _kpflow(device):
     return run
 
 
+def _kpflow_analyses(device):
+    """memory-pro GRUs trained on ``device``, then every per-checkpoint analysis of them there."""
+    train_run = _kpflow(device)
+    x = recurrent.memory_pro(3, 2, 1, 2, noise=0.0, uniform=True, dtype=torch.float32)[0]
+    mx, my, task = recurrent.memory_multitask(1, 1, 2, 1, 2, noise=0.0, uniform=True, dtype=torch.float32)
+    mt_step = operators.make_step("gru", 3 + len(recurrent.MEMORY_TASKS), 4)
+
+    def run():
+        result = train_run()
+        operators.rank_history(_GRU, result.records, x, n_probes=2, seed=0, device=device)
+        operators.final_spectra(_GRU, result.records, x, 2, seed=0, device=device)
+        mt_params = operators.init_params(mt_step, 3, n_networks=2, seed=0, dtype=torch.float32, device=device)
+        records = {operators.PARAM_PREFIX + k: torch.stack([v.cpu()] * 2) for k, v in mt_params.items()}
+        from torch.fx.experimental import _config as fx_config  # meta cannot know how many trials a task mask picks
+
+        with fx_config.patch(meta_nonzero_assume_all_nonzero=True):
+            operators.alignment_history(mt_step, records, mx, my, task, len(recurrent.MEMORY_TASKS), device=device)
+        return result
+
+    return run
+
+
 RUNNERS = {
     "linear.skill_runs": _skill,
     "linear.lambda_grid_runs": _lambda_grid,
@@ -306,6 +328,7 @@ RUNNERS = {
     "mlp.train_grid": _mlp,
     "mlp.train_grid-dropout-noise": lambda d: _mlp(d, noise_kind="dropout"),
     "operators.init_params+train.train": _kpflow,
+    "operators.rank_history+final_spectra+alignment_history": _kpflow_analyses,
 }
 NOT_HONOURED: dict[str, str] = {}  # runner -> why, for runners that do not honour device (xfail strict)
 

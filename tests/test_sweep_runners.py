@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from learning_dynamics import gated, linear, mlp, shallow, sweep, tasks
-from learning_dynamics.tasks import digits, hierarchy
+from learning_dynamics import train as train_module
+from learning_dynamics import gated, linear, mlp, operators, shallow, sweep, tasks
+from learning_dynamics.tasks import digits, hierarchy, recurrent
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,46 @@ def test_chunks_and_a_cluster_are_bitwise_the_one_call(runner, cluster):
     whole = runner()
     same_run(whole, runner(chunks=7))
     same_run(whole, runner(client=cluster))
+
+
+@pytest.fixture(scope="module")
+def gru_runs():
+    """kpflow: three small GRUs trained on memory-pro, and four trained on the four memory tasks."""
+    def trained(n_in, n_nets, make, steps):
+        step = operators.make_step("gru", n_in, 8)
+        params = operators.init_params(step, 3, n_networks=n_nets, g=np.linspace(0.5, 2.0, n_nets), seed=0,
+                                       dtype=torch.float32)
+        x, y = make(4, uniform=True, noise=0.0)[:2]
+        sampler = recurrent.sampler(lambda n, gen: make(n, generator=gen)[:2], n_nets, 4)
+        run = train_module.train(operators.mse_loss(step), params, steps=steps, lr=1e-2, optimizer="adam", data=sampler,
+                                 record=operators.recorder(step, x, y), record_every=steps // 2, seed=0)
+        return step, run
+    pro = lambda n, **kw: recurrent.memory_pro(n, 2, 2, 3, dtype=torch.float32, **kw)  # noqa: E731
+    multi = lambda n, **kw: recurrent.memory_multitask(max(1, n // 4), 1, 2, 2, 3, dtype=torch.float32, **kw)  # noqa: E731
+    return trained(3, 3, pro, 6), trained(3 + len(recurrent.MEMORY_TASKS), 4, multi, 4), multi(8, uniform=True, noise=0.0)
+
+
+def _same_arrays(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], dict):
+            _same_arrays(a[k], b[k])
+        else:
+            assert np.array_equal(a[k], b[k]), k
+
+
+def test_the_kpflow_analyses_on_a_cluster_are_bitwise_the_one_process(gru_runs, cluster):
+    (step, run), (mt_step, mt_run), (x, y, task) = gru_runs
+    x_eval = recurrent.memory_pro(4, 2, 2, 3, uniform=True, noise=0.0, dtype=torch.float32)[0]
+    analyses = {
+        "ranks": lambda **w: operators.rank_history(step, run.records, x_eval, n_probes=4, seed=1, **w),
+        "spectra": lambda **w: operators.final_spectra(step, run.records, x_eval, 3, seed=1, **w),
+        "alignment": lambda **w: operators.alignment_history(mt_step, mt_run.records, x, y, task, 4, **w),
+    }
+    for name, analyse in analyses.items():
+        whole = analyse()
+        _same_arrays(whole, analyse(chunks=1))
+        _same_arrays(whole, analyse(client=cluster))
 
 
 def test_the_dnn_grid_on_a_cluster_is_another_draw_of_the_same_experiment(cluster):

@@ -49,11 +49,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
+from . import sweep
 from .spectra import KEEP, effective_rank, leading_spectrum, partial_gram, participation_ratio, rademacher, \
     trajectory_singular_values
 from .threads import small_problem
 from .train import progress
-from .validation import Array, Device, InstanceOf, Integer, Options, Real, Seed, check_choice, check_device, \
+from .validation import Array, Device, InstanceOf, Integer, Optional, Options, Real, Seed, check_choice, check_device, \
     check_generator, check_int, validate_params, value_text
 
 # ---------------------------------------------------------------------------
@@ -132,6 +133,7 @@ STEPS = {"rnn": RNNStep, "gru": GRUStep}
 # What the public entry points declare (see :func:`learning_dynamics.validation.validate_params`).
 _STEP = InstanceOf(nn.Module, description="a torch.nn.Module (a recurrent step F(h, x) -> next h)")
 _THRESHOLD = Real(low=0.0, high=1.0, strict_low=True)
+_CHUNKS = Optional(Integer(low=1))
 
 
 @validate_params({"kind": Options(*STEPS), "n_in": Integer(low=1), "n_hidden": Integer(low=1)})
@@ -604,31 +606,54 @@ def recorder(step: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Ca
     return record
 
 
+def _over_networks(analyse, records: dict, *, client=None, chunks=None, desc: str = "networks") -> dict:
+    """``analyse(records of one network)`` for every recorded network, through :func:`sweep.map`: arrays network-first.
+
+    Each network's parameter records (the network axis kept, of length 1) are one item, so a chunk
+    carries only its own networks' checkpoints to a worker. Every network's analysis is the same
+    wherever and with whichever others it runs: the results are bitwise those of one process.
+    """
+    names = [k for k in records if k.startswith(PARAM_PREFIX)]
+    if not names:
+        raise ValueError(f"records must hold the parameters ('{PARAM_PREFIX}<name>' entries: train with "
+                         f"record=recorder(...)); got {sorted(records)}")
+    networks = [{k: np.asarray(records[k])[:, n:n + 1] for k in names} for n in range(records[names[0]].shape[1])]
+
+    def chunk(items):
+        outs = [analyse(network) for network in items]
+        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+
+    return sweep.map(chunk, networks, client=client, chunks=chunks, desc=desc)
+
+
 def _network_size(records: dict) -> int:
     """Weight entries of one recorded network (what :func:`small_problem` sizes the thread count by)."""
     return sum(math.prod(v.shape[2:]) for k, v in records.items() if k.startswith(PARAM_PREFIX))
 
 
 @validate_params({"step": _STEP, "k": Integer(low=1), "index": Integer(), "n_iter": Integer(low=0), "seed": Seed(),
-                  "device": Device()})
+                  "device": Device(), "chunks": _CHUNKS})
 def final_spectra(step: nn.Module, records: dict, inputs, k: int, *, index: int = -1, n_iter: int = 2, seed: int = 0,
-                  dtype=torch.float32, device: str = "cpu") -> dict[str, np.ndarray]:
+                  dtype=torch.float32, device: str = "cpu", client=None, chunks=None) -> dict[str, np.ndarray]:
     """Leading singular values s_i / s_1 of the whole K, P and P K P* of every network at one record.
 
     Randomised SVD (:func:`leading_spectrum`) over matrix-free products on the
     trajectory space (trials x time x hidden); returns arrays (network, k).
+    ``client`` / ``chunks``: the networks go through :func:`sweep.map`.
     """
     inputs = torch.as_tensor(inputs).to(device=device, dtype=dtype)
-    n_nets = next(v for name, v in records.items() if name.startswith(PARAM_PREFIX)).shape[1]
-    out = {"K": [], "P": [], "PKP": []}
-    with small_problem(_network_size(records), device):
-        for n in range(n_nets):
-            ops = KPFlow(step, inputs, checkpoint(records, index, n, dtype=dtype, device=device))
+
+    def spectra(network):
+        out = {}
+        with small_problem(_network_size(network), device):
+            ops = KPFlow(step, inputs, checkpoint(network, index, 0, dtype=dtype, device=device))
             for name, apply, adjoint in (("K", ops.K, None), ("P", ops.P, ops.P_adj), ("PKP", ops.PKP, None)):
                 s = leading_spectrum(apply, ops.shape, k, adjoint=adjoint, n_iter=n_iter, seed=seed, dtype=dtype,
                                      device=device)
-                out[name].append((s / s[0]).cpu().numpy())
-    return {name: np.array(v) for name, v in out.items()}
+                out[name] = (s / s[0]).cpu().numpy()
+        return out
+
+    return _over_networks(spectra, records, client=client, chunks=chunks, desc="whole-operator spectra")
 
 
 @validate_params({"index": Integer(), "network": Integer(low=0), "device": Device()})
@@ -706,35 +731,39 @@ def first_order_errors(step: nn.Module, params: dict, inputs, targets, lrs) -> n
 
 
 @validate_params({"step": _STEP, "every": Integer(low=1), "n_probes": Integer(low=1), "seed": Seed(),
-                  "keep": Options(*KEEP), "threshold": _THRESHOLD, "device": Device()})
+                  "keep": Options(*KEEP), "threshold": _THRESHOLD, "device": Device(), "chunks": _CHUNKS})
 def rank_history(step: nn.Module, records: dict, inputs, *, every: int = 1, n_probes: int = 32, seed: int = 0,
-                 keep: str = "time", threshold: float = 0.95, dtype=None, device: str = "cpu") -> dict:
+                 keep: str = "time", threshold: float = 0.95, dtype=None, device: str = "cpu", client=None,
+                 chunks=None) -> dict:
     """:func:`operator_ranks` of every network at every ``every``-th record of a training run.
 
     Returns arrays indexed (checkpoint, network): ``K``, ``P``, ``PKP`` (effective
     ranks), ``alignment_PKP_PP``, the ``index`` of the records used, and the
     reduced-Gram spectra ``spectra[name]`` (checkpoint, network, size).
+    ``client`` / ``chunks``: the networks go through :func:`sweep.map`.
     """
     n_records = next(iter(records.values())).shape[0]
-    n_nets = next(v for k, v in records.items() if k.startswith(PARAM_PREFIX)).shape[1]
     index = sorted(set(range(0, n_records, every)) | {n_records - 1})
     inputs = torch.as_tensor(inputs).to(device=device, dtype=dtype)
-    rows = []
-    with small_problem(_network_size(records), device):
-        for i in progress(index, desc="operators along training"):
-            rows.append([operator_ranks(KPFlow(step, inputs, checkpoint(records, i, n, dtype=inputs.dtype, device=device)),
-                                        n_probes=n_probes, seed=seed, keep=keep, threshold=threshold)
-                         for n in range(n_nets)])
-    out = {"index": np.array(index)}
-    for name in ("K", "P", "PKP", "alignment_PKP_PP"):
-        out[name] = np.array([[r[name] for r in row] for row in rows])
-    out["spectra"] = {name: np.array([[r[name + "_spectrum"] for r in row] for row in rows]) for name in ("K", "P", "PKP")}
+    names = ("K", "P", "PKP", "alignment_PKP_PP", "K_spectrum", "P_spectrum", "PKP_spectrum")
+
+    def history(network):
+        with small_problem(_network_size(network), device):
+            rows = [operator_ranks(KPFlow(step, inputs, checkpoint(network, i, 0, dtype=inputs.dtype, device=device)),
+                                   n_probes=n_probes, seed=seed, keep=keep, threshold=threshold)
+                    for i in progress(index, desc="operators along training")]
+        return {name: np.array([r[name] for r in rows]) for name in names}
+
+    flat = {k: np.swapaxes(v, 0, 1) for k, v in  # (checkpoint, network, ...)
+            _over_networks(history, records, client=client, chunks=chunks, desc="operator ranks").items()}
+    out = {"index": np.array(index), **{name: flat[name] for name in names[:4]}}
+    out["spectra"] = {name: flat[name + "_spectrum"] for name in ("K", "P", "PKP")}
     return out
 
 
-@validate_params({"step": _STEP, "n_tasks": Integer(low=1), "device": Device()})
+@validate_params({"step": _STEP, "n_tasks": Integer(low=1), "device": Device(), "chunks": _CHUNKS})
 def alignment_history(step: nn.Module, records: dict, inputs, targets, task_index, n_tasks: int, *,
-                      dtype=None, device: str = "cpu") -> dict:
+                      dtype=None, device: str = "cpu", client=None, chunks=None) -> dict:
     """Sub-task alignment matrices of every network at every record of a multi-task run.
 
     Returns arrays (checkpoint, network, n_tasks, n_tasks):
@@ -742,6 +771,7 @@ def alignment_history(step: nn.Module, records: dict, inputs, targets, task_inde
     ``objective`` (:func:`task_alignment`, through P K P*) and ``gradient``
     (:func:`gradient_alignment`). Trials of every task must come in the same
     order, as :func:`learning_dynamics.tasks.recurrent.memory_multitask` makes them.
+    ``client`` / ``chunks``: the networks go through :func:`sweep.map`.
     """
     inputs = torch.as_tensor(inputs).to(device=device, dtype=dtype)
     targets = torch.as_tensor(targets).to(device=device, dtype=inputs.dtype)
@@ -750,19 +780,19 @@ def alignment_history(step: nn.Module, records: dict, inputs, targets, task_inde
     if len(counts) != n_tasks or bool((counts != counts[0]).any()):
         raise ValueError(f"task_index must hold every one of the {n_tasks} tasks equally often; got counts {counts.tolist()}")
     n_records = next(iter(records.values())).shape[0]
-    n_nets = next(v for k, v in records.items() if k.startswith(PARAM_PREFIX)).shape[1]
-    out = {"hidden": [], "objective": [], "gradient": []}
-    with small_problem(_network_size(records), device):
-        for i in progress(range(n_records), desc="task alignment along training"):
-            row = {k: [] for k in out}
-            for n in range(n_nets):
-                params = checkpoint(records, i, n, dtype=inputs.dtype, device=device)
+
+    def history(network):
+        out = {"hidden": [], "objective": [], "gradient": []}
+        with small_problem(_network_size(network), device):
+            for i in progress(range(n_records), desc="task alignment along training"):
+                params = checkpoint(network, i, 0, dtype=inputs.dtype, device=device)
                 ops = KPFlow(step, inputs, params)
                 errors = task_errors(params, ops.hidden, targets, task_index, n_tasks)
                 by_task = torch.stack([ops.hidden[task_index == k] for k in range(n_tasks)])
-                row["hidden"].append(cosine_matrix(by_task))
-                row["objective"].append(task_alignment(ops, errors))
-                row["gradient"].append(gradient_alignment(ops, errors))
-            for k in out:
-                out[k].append(torch.stack(row[k]).cpu().numpy())
-    return {k: np.stack(v) for k, v in out.items()}
+                out["hidden"].append(cosine_matrix(by_task).cpu().numpy())
+                out["objective"].append(task_alignment(ops, errors).cpu().numpy())
+                out["gradient"].append(gradient_alignment(ops, errors).cpu().numpy())
+        return {k: np.stack(v) for k, v in out.items()}
+
+    return {k: np.swapaxes(v, 0, 1) for k, v in  # (checkpoint, network, n_tasks, n_tasks)
+            _over_networks(history, records, client=client, chunks=chunks, desc="task alignment").items()}
