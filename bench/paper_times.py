@@ -57,7 +57,7 @@ LOWER_BOUND = {
               "experiment, so the operator analyses of those checkpoints are not in the estimate",
 }
 # The first slice's f (the second is 2 f): a share of the paper's training whose run takes a minute or two.
-FRACTION = {"kpflow": 0.001, "spring_block": 0.02, "neural_race": 0.25, "feedback_principle": 0.1,
+FRACTION = {"kpflow": 0.0004, "spring_block": 0.02, "neural_race": 0.25, "feedback_principle": 0.1,
             "three_mechanisms": 0.1}
 DEFAULT_FRACTION = 0.05
 
@@ -80,11 +80,11 @@ def slice_overrides(chapter: str, fraction: float) -> dict[str, int]:
     return {name: max(1, round(getattr(cfg, name) * fraction)) for name in SCALED[chapter]}
 
 
-def run_paper(chapter: str, overrides: dict, timeout: float) -> float:
+def run_paper(chapter: str, overrides: dict, timeout: float, scheduler: str | None = None) -> float:
     """Wall seconds of one run of the paper preset with ``overrides`` (claims may fail; an error raises)."""
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "learning_dynamics", "run", chapter, "--preset", "paper", "-q",
-                   "--out", str(Path(tmp) / "run"), "-p", "cache=None"]
+                   "--out", str(Path(tmp) / "run"), "-p", "cache=None", "--scheduler", str(scheduler)]
         for name, value in overrides.items():
             command += ["-p", f"{name}={value}"]
         start = time.perf_counter()
@@ -97,12 +97,12 @@ def run_paper(chapter: str, overrides: dict, timeout: float) -> float:
     return seconds
 
 
-def estimate(chapter: str, fraction: float, timeout: float) -> dict:
+def estimate(chapter: str, fraction: float, timeout: float, scheduler: str | None = None) -> dict:
     slices = []
     for f in (fraction, 2 * fraction):
         overrides = slice_overrides(chapter, f)
         load = os.getloadavg()[0]
-        seconds = run_paper(chapter, overrides, timeout)
+        seconds = run_paper(chapter, overrides, timeout, scheduler)
         slices.append({"fraction": f, "overrides": overrides, "seconds": round(seconds, 1), "load": round(load, 2)})
         print(f"  {chapter:<18} slice f = {f:<6g} {seconds:8.1f} s  (load {load:.2f})  {overrides}", flush=True)
     (f1, t1), (f2, t2) = ((s["fraction"], s["seconds"]) for s in slices)
@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--measure-below", type=float, default=300.0,
                         help="also run the whole paper preset when the estimate is below this many seconds")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed for one run")
+    parser.add_argument("--scheduler", help="where the chapters' grids run (as `run --scheduler`); default: in process")
     args = parser.parse_args(argv)
     chapters = args.chapters or presets.chapters()
     for chapter in chapters:
@@ -131,13 +132,14 @@ def main(argv=None) -> int:
     for chapter in chapters:
         fraction = args.fraction or FRACTION.get(chapter, DEFAULT_FRACTION)
         entry = {"how": "extrapolated", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-                 **estimate(chapter, fraction, args.timeout)}
+                 "scheduler": args.scheduler, **estimate(chapter, fraction, args.timeout, args.scheduler)}
         if chapter in LOWER_BOUND:
             entry.update(how="at least", note=LOWER_BOUND[chapter])
         entry["estimate_s"] = entry["seconds"]
         if entry["seconds"] < args.measure_below:
             load = os.getloadavg()[0]
-            entry.update(how="measured", seconds=round(run_paper(chapter, {}, args.timeout), 1), load=round(load, 2))
+            entry.update(how="measured", seconds=round(run_paper(chapter, {}, args.timeout, args.scheduler), 1),
+                         load=round(load, 2))
         table[chapter] = entry
         PAPER_TIMES.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
         print(f"{chapter}: {entry['how']} {duration(entry['seconds'])} (estimate {duration(entry['estimate_s'])})",

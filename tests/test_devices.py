@@ -294,6 +294,17 @@ def _kpflow(device):
     return run
 
 
+def _kpflow_networks(device):
+    make = lambda n, gen: recurrent.memory_pro(n, 2, 1, 2, generator=gen, dtype=torch.float32)  # noqa: E731
+    x, y = (t.to(device) for t in recurrent.memory_pro(3, 2, 1, 2, noise=0.0, uniform=True, dtype=torch.float32))
+
+    def run():
+        params = operators.init_params(_GRU, 3, n_networks=2, g=[0.5, 2.0], seed=0, dtype=torch.float32, device=device)
+        return operators.train_networks(_GRU, params, make, 4, x, y, steps=3, lr=1e-2, record_every=1, seed=0)
+
+    return run
+
+
 def _kpflow_analyses(device):
     """memory-pro GRUs trained on ``device``, then every per-checkpoint analysis of them there."""
     train_run = _kpflow(device)
@@ -329,6 +340,7 @@ RUNNERS = {
     "mlp.train_grid-dropout-noise": lambda d: _mlp(d, noise_kind="dropout"),
     "operators.init_params+train.train": _kpflow,
     "operators.rank_history+final_spectra+alignment_history": _kpflow_analyses,
+    "operators.train_networks": _kpflow_networks,
 }
 NOT_HONOURED: dict[str, str] = {}  # runner -> why, for runners that do not honour device (xfail strict)
 

@@ -91,6 +91,28 @@ def test_the_kpflow_analyses_on_a_cluster_are_bitwise_the_one_process(gru_runs, 
         _same_arrays(whole, analyse(client=cluster))
 
 
+def test_kpflow_training_in_chunks_of_networks(cluster):
+    """One call: bitwise the trainer on every network at once. Chunks: the first keeps the trainer's trials, the
+    others draw their own; chunked runs are bitwise the same here and on a cluster."""
+    step = operators.make_step("gru", 3, 8)
+    params = operators.init_params(step, 3, n_networks=4, g=np.linspace(0.5, 2.0, 4), seed=0, dtype=torch.float32)
+    trials = lambda n, gen: recurrent.memory_pro(n, 2, 2, 3, generator=gen, dtype=torch.float32)  # noqa: E731
+    x, y = recurrent.memory_pro(4, 2, 2, 3, uniform=True, noise=0.0, dtype=torch.float32)
+    run = lambda **w: operators.train_networks(step, params, trials, 4, x, y, steps=6, lr=1e-2, record_every=3,  # noqa: E731
+                                               seed=2, **w)
+    direct = train_module.train(operators.mse_loss(step), params, steps=6, lr=1e-2, optimizer="adam", record_every=3,
+                                data=recurrent.sampler(trials, 4, 4), record=operators.recorder(step, x, y), seed=2)
+    whole = run()
+    same_run(whole, direct)
+    chunked = run(chunks=2)
+    same_run(chunked, run(client=cluster, chunks=2))
+    first = {k: v[:, :2] for k, v in chunked.records.items()}
+    alone = operators.train_networks(step, {k: v[:2] for k, v in params.items()}, trials, 4, x, y, steps=6, lr=1e-2,
+                                     record_every=3, seed=2)
+    assert all(np.array_equal(first[k], alone.records[k]) for k in first), "a chunk is the networks trained alone"
+    assert not np.array_equal(chunked.records["eval_loss"][-1, 2:], whole.records["eval_loss"][-1, 2:])
+
+
 def test_the_dnn_grid_on_a_cluster_is_another_draw_of_the_same_experiment(cluster):
     # spring_block: chunks of noise levels share the initialisations; only the per-step noise is drawn per chunk
     data = digits.load(300, seed=0)

@@ -264,6 +264,8 @@ def _step():
 
 
 def _operators(name):
+    from learning_dynamics import operators
+
     step, params, x, y, ops, records = _rnn()
     errors = torch.zeros(2, *ops.shape, dtype=torch.float64)
     return {
@@ -281,6 +283,9 @@ def _operators(name):
         "recorder": dict(step=step, inputs=x, targets=y),
         "task_alignment": dict(ops=ops, errors=errors),
         "task_errors": dict(params=params, hidden=ops.hidden, targets=y, task_index=[0, 1], n_tasks=2),
+        "train_networks": dict(step=step, params=operators.init_params(step, 3, n_networks=2),
+                               make_batch=lambda n, gen: (torch.zeros(n, 5, 3, dtype=torch.float64),) * 2, n_trials=2,
+                               eval_inputs=x, eval_targets=y, steps=2, lr=1e-3),
     }[name]
 
 
@@ -476,7 +481,7 @@ VALID = {
     **{f"operators.{name}": functools.partial(_operators, name) for name in (
         "alignment_history", "checkpoint", "dense_reference", "final_spectra", "first_order_check",
         "first_order_errors", "gradient_alignment", "init_params", "mse_loss", "operator_ranks", "rank_history",
-        "recorder", "task_alignment", "task_errors")},
+        "recorder", "task_alignment", "task_errors", "train_networks")},
     "operators.make_step": lambda: dict(kind="gru", n_in=3, n_hidden=4),
     "separation.curvature": lambda: dict(log_d=[2.0, 1.5, 0.0], normalise=False),
     "separation.log_separation": lambda: dict(h=np.eye(4), labels=[0, 1, 0, 1], n_classes=2),

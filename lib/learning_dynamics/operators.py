@@ -53,7 +53,9 @@ from . import sweep
 from .spectra import KEEP, effective_rank, leading_spectrum, partial_gram, participation_ratio, rademacher, \
     trajectory_singular_values
 from .threads import small_problem
-from .train import progress
+from .tasks.recurrent import sampler as recurrent_sampler
+from .train import progress, train
+from .validation import Callable as AnyCallable
 from .validation import Array, Device, InstanceOf, Integer, Optional, Options, Real, Seed, check_choice, check_device, \
     check_generator, check_int, validate_params, value_text
 
@@ -624,6 +626,42 @@ def _over_networks(analyse, records: dict, *, client=None, chunks=None, desc: st
         return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
 
     return sweep.map(chunk, networks, client=client, chunks=chunks, desc=desc)
+
+
+@validate_params({"step": _STEP, "make_batch": AnyCallable(), "n_trials": Integer(low=1), "steps": Integer(low=1),
+                  "lr": Real(low=0.0, strict_low=True), "record_every": Integer(low=1), "seed": Seed(),
+                  "desc": InstanceOf(str), "chunks": _CHUNKS})
+def train_networks(step: nn.Module, params: dict, make_batch, n_trials: int, eval_inputs, eval_targets, *, steps: int,
+                   lr: float, record_every: int = 1, seed: int = 0, desc: str = "recurrent networks", client=None,
+                   chunks=None):
+    """Adam on stacked recurrent networks ``params`` (network axis first), fresh trials every step.
+
+    ``make_batch(n, generator)`` makes ``n`` trials (:func:`learning_dynamics.tasks.recurrent.sampler`
+    deals them out to the networks); :func:`recorder` on ``eval_inputs`` / ``eval_targets`` keeps
+    the evaluation loss, the hidden trajectories' ranks and every record's parameters. The networks
+    train where ``params`` are. Returns a :class:`~learning_dynamics.results.Run`.
+
+    ``client`` / ``chunks``: the networks go through :func:`sweep.map_runs` in chunks, each a batch of
+    its own, which also divides the memory that backpropagation through time needs by the number of
+    chunks. The one-call default trains every network in one batch, on the trials the trainer's
+    ``seed`` draws. A chunk that does not start at the first network draws its trials from
+    ``(seed, its first network)``: another draw of the same experiment, not bitwise the one call.
+    The chunks are the same on any cluster, so chunked runs agree with each other bitwise.
+    """
+    names = list(params)
+    n = params[names[0]].shape[0]
+    device = str(params[names[0]].device)
+    x, y = (torch.as_tensor(t).to(device=device, dtype=params[names[0]].dtype) for t in (eval_inputs, eval_targets))
+
+    def part(index):
+        index = np.asarray(index)
+        own = {k: v[torch.as_tensor(index, device=params[k].device)] for k, v in params.items()}
+        chunk_seed = seed if index[0] == 0 else int(np.random.SeedSequence([seed, int(index[0])]).generate_state(1)[0])
+        return train(mse_loss(step), own, steps=steps, lr=lr, optimizer="adam", record_every=record_every,
+                     data=recurrent_sampler(make_batch, len(index), n_trials, device=device),
+                     record=recorder(step, x, y), seed=chunk_seed, desc=desc)
+
+    return sweep.map_runs(part, n, client=client, chunks=chunks, desc=desc)
 
 
 def _network_size(records: dict) -> int:

@@ -1,7 +1,10 @@
 """Presets of the KPFlow chapter (Hazelden et al. 2025): dynamic collapse and multi-task alignment."""
 
+import math
+import re
 from dataclasses import dataclass
 
+from ..sweep import CHUNKS_PER_THREAD
 from ..validation import Real
 from . import ChapterPreset, param, register
 
@@ -57,15 +60,30 @@ class KPFlowPreset(ChapterPreset):
                              f"computed), or 0 to skip the comparison; got {self.tail_index}")
 
     def memory_needs(self) -> dict[str, float]:
-        # float32 GRUs: backpropagation through time keeps (networks, batch, T, hidden) activations (about 12 per
-        # unit and step); the recorder keeps every record's parameters (3 H x H per network), Adam a few copies more
+        # float32 GRUs: backpropagation through time keeps (networks, batch, T, hidden) activations (about 15 per
+        # unit and step: the paper's four-task run of 20 GRUs peaked at 18.6 GB), for the networks that train at
+        # once in this machine's processes; the recorder keeps every record's parameters (3 H x H per network),
+        # Adam a few copies more
         t = self.t_stim + self.t_memory + self.t_response
         t_mt = self.mt_t_context + self.mt_t_stim + self.mt_t_memory + self.mt_t_response
         records, mt_records = self.steps // self.record_every + 1, self.mt_steps // self.mt_record_every + 1
-        return {"hidden": 4.0 * len(self.g_values) * self.hidden
-                * (12 * self.batch * t + 3 * self.hidden * (records + 4) + self.eval_trials * t),
-                "mt_hidden": 4.0 * self.mt_seeds * self.mt_hidden
-                * (12 * self.mt_batch * t_mt + 3 * self.mt_hidden * (mt_records + 4) + 4 * self.mt_eval_per_task * t_mt)}
+        n, n_mt = len(self.g_values), self.mt_seeds
+        return {"hidden": 4.0 * self.hidden * (15 * self._at_once(n) * self.batch * t
+                                               + n * (3 * self.hidden * (records + 4) + self.eval_trials * t)),
+                "mt_hidden": 4.0 * self.mt_hidden * (15 * self._at_once(n_mt) * self.mt_batch * t_mt
+                                                     + n_mt * (3 * self.mt_hidden * (mt_records + 4)
+                                                               + 4 * self.mt_eval_per_task * t_mt))}
+
+    def _at_once(self, n: int) -> int:
+        """Networks that train at the same time on this machine: all (in process), a chunk per local worker
+        (``operators.train_networks`` on ``local:N``), or none (a remote cluster's memory is its own)."""
+        if self.scheduler is None:
+            return n
+        local = re.fullmatch(r"local:(\d+)", self.scheduler.strip())
+        if local is None:
+            return 0
+        workers = int(local.group(1))
+        return min(n, workers * math.ceil(n / (CHUNKS_PER_THREAD * workers)))
 
 
 # What the authors' package (github.com/meeree/kpflow) fixes for the paper's experiments: examples/paper_experiment_1
