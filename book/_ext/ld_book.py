@@ -293,16 +293,18 @@ class CoursePlan(SphinxDirective):
     """``{course-plan}``: one row per content line ``chapter: what it builds on``.
 
     The run-time columns come from ``bench/timings.json`` (written by
-    ``make bench``), so no time on the page is typed by hand.
+    ``make bench``) and ``bench/paper_times.json`` (``bench/paper_times.py``:
+    measured, or extrapolated), so no time on the page is typed by hand.
     """
 
     has_content = True
 
     def run(self):
-        from learning_dynamics.cli import ROOT, TIMINGS, read_timings
+        from learning_dynamics.cli import PAPER_TIMES, ROOT, TIMINGS, _paper_seconds, read_timings
 
         self.env.note_dependency(str(ROOT / TIMINGS))
-        timings = read_timings()
+        self.env.note_dependency(str(ROOT / PAPER_TIMES))
+        timings, paper_times = read_timings(), read_timings(path=PAPER_TIMES)
         rows = []
         for line in self.content:
             chapter, _, builds_on = line.partition(":")
@@ -315,8 +317,9 @@ class CoursePlan(SphinxDirective):
             xref += nodes.inline(text=chapter)
             seconds = [timings.get(chapter, {}).get(p) for p in ("smoke", "book")]
             rows.append([xref, nodes.Text(builds_on.strip())]
-                        + [nodes.Text(f"{t:.0f} s" if t is not None else "not measured") for t in seconds])
-        return [_table(("chapter", "builds on", "smoke run", "book run"), rows)]
+                        + [nodes.Text(f"{t:.0f} s" if t is not None else "not measured") for t in seconds]
+                        + [nodes.Text(_paper_seconds(paper_times.get(chapter)))])
+        return [_table(("chapter", "builds on", "smoke run", "book run", "paper run"), rows)]
 
 
 def chapter_uses(root: Path) -> dict[str, set[str]]:
