@@ -29,6 +29,7 @@ import ast
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -658,6 +659,8 @@ def run_job(job: dict, quiet: bool = False) -> Outcome:
         return Outcome(chapter, FAILED_CLAIMS, f"{len(err.failed)} of {err.total} claims did not pass; {where}",
                        time.monotonic() - start)
     except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):  # the cell's own traceback, which the kernel's tasks log as they die
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         reason = describe_failure(err)
         where = None
         if not isinstance(err, KeyboardInterrupt) and (folder / f"{chapter}.ipynb").exists():
