@@ -168,6 +168,15 @@ def test_spectra_effective_rank_and_participation_ratio():
     assert torch.allclose(approx, exact, rtol=1e-6)
     exact_k = torch.linalg.eigvalsh(ops.dense("PKP")).flip(0)[:4]
     assert torch.allclose(spectra.leading_spectrum(ops.PKP, ops.shape, 4, n_iter=4, oversample=6), exact_k, rtol=1e-6)
+    # eigenpairs of K: the dense eigenvalues, and unit eigenvectors that K maps onto themselves
+    dense_k = ops.dense("K")
+    values, vectors = spectra.leading_eigenpairs(ops.K, ops.shape, 3, n_iter=4, oversample=6)
+    assert torch.allclose(values, torch.linalg.eigvalsh(dense_k).flip(0)[:3], rtol=1e-6)
+    assert torch.allclose(values.abs(), spectra.leading_spectrum(ops.K, ops.shape, 3, n_iter=4, oversample=6))
+    flat = vectors.reshape(3, -1)
+    assert torch.allclose(flat @ flat.T, torch.eye(3, dtype=flat.dtype), atol=1e-10)
+    residual = (flat @ dense_k.T - values[:, None] * flat).norm(dim=1) / values.abs()
+    assert float(residual.max()) < 1e-4  # Ritz vectors converge more slowly than Ritz values (about 1e-5 here)
     # the probe Gram: for the identity, its diagonal over the hidden index is exactly trials x time
     probes = spectra.rademacher(3, ops.shape, seed=1)
     gram = spectra.partial_gram(probes, "hidden")
@@ -331,3 +340,22 @@ print("torch._dynamo" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_eigenfunctions_of_k_and_hidden_pca():
+    step = O.make_step("gru", 3, 4)
+    params = O.init_params(step, 3, n_networks=2, g=[0.5, 1.5], seed=0)
+    records = {O.PARAM_PREFIX + k: torch.stack([v, v]) for k, v in params.items()}  # two records, two networks
+    x = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eig = O.eigenfunctions(step, records, x, 2, n_probes=64, seed=1)
+    assert eig["values"].shape == (2, 2) and eig["profile"].shape == (2, 2, 5) and eig["vectors"].shape == (2, 2, 2, 5, 4)
+    assert np.allclose(eig["profile"].sum(-1), 1.0)
+    for n in range(2):  # against the dense K of the same network
+        dense = O.KPFlow(step, x, O.checkpoint(records, -1, n)).dense("K")
+        exact = torch.linalg.eigvalsh(dense).flip(0)
+        assert np.allclose(eig["values"][n], exact[:2].numpy(), rtol=1e-5)  # 3 Krylov blocks
+        assert abs(eig["share"][n, 0] - float(exact[0] / exact.sum())) < 0.2 * float(exact[0] / exact.sum())
+    ring = torch.stack([torch.cos(torch.linspace(0, 6.28, 8)), torch.sin(torch.linspace(0, 6.28, 8))], -1)
+    hidden = (ring @ torch.randn(2, 6, generator=torch.Generator().manual_seed(0)))[:, None].expand(8, 3, 6)  # a plane
+    pca = O.hidden_pca(hidden, 3)
+    assert pca["scores"].shape == (8, 3, 3) and np.isclose(pca["explained"][:2].sum(), 1.0)

@@ -50,8 +50,8 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from . import sweep
-from .spectra import KEEP, effective_rank, leading_spectrum, partial_gram, participation_ratio, rademacher, \
-    trajectory_singular_values
+from .spectra import KEEP, effective_rank, leading_eigenpairs, leading_spectrum, partial_gram, participation_ratio, \
+    rademacher, trajectory_singular_values
 from .threads import small_problem
 from .tasks.recurrent import sampler as recurrent_sampler
 from .train import progress, train
@@ -692,6 +692,54 @@ def final_spectra(step: nn.Module, records: dict, inputs, k: int, *, index: int 
         return out
 
     return _over_networks(spectra, records, client=client, chunks=chunks, desc="whole-operator spectra")
+
+
+@validate_params({"step": _STEP, "k": Integer(low=1), "index": Integer(), "n_iter": Integer(low=0),
+                  "n_probes": Integer(low=1), "seed": Seed(), "device": Device(), "chunks": _CHUNKS})
+def eigenfunctions(step: nn.Module, records: dict, inputs, k: int, *, index: int = -1, n_iter: int = 3,
+                   n_probes: int = 32, seed: int = 0, dtype=None, device: str = "cpu", client=None,
+                   chunks=None) -> dict[str, np.ndarray]:
+    """K's ``k`` leading eigenfunctions for every network at one record, matrix-free.
+
+    Returns arrays indexed by network first: ``values`` (k) and ``share``
+    (k: each eigenvalue over tr K, the share of K's variance it explains, with
+    tr K from ``n_probes`` Rademacher probes, Hutchinson's estimator),
+    ``profile`` (k, T: the eigenfunction's weight at each time step, summed
+    over trials and hidden units; each row sums to 1) and ``vectors``
+    (k, trials, T, H). ``client`` / ``chunks``: the networks go through
+    :func:`sweep.map`.
+    """
+    inputs = torch.as_tensor(inputs).to(device=device, dtype=dtype)
+
+    def leading(network):
+        with small_problem(_network_size(network), device):
+            ops = KPFlow(step, inputs, checkpoint(network, index, 0, dtype=inputs.dtype, device=device))
+            values, vectors = leading_eigenpairs(ops.K, ops.shape, k, n_iter=n_iter, seed=seed, dtype=inputs.dtype,
+                                                 device=device)
+            probes = rademacher(n_probes, ops.shape, seed=seed, dtype=inputs.dtype, device=device)
+            trace = (probes * ops.K(probes)).sum() / n_probes
+        return {"values": values.cpu().numpy(), "share": (values / trace).cpu().numpy(),
+                "profile": (vectors ** 2).sum((1, 3)).cpu().numpy(), "vectors": vectors.cpu().numpy()}
+
+    return _over_networks(leading, records, client=client, chunks=chunks, desc="eigenfunctions of K")
+
+
+@validate_params({"k": Integer(low=1)})
+def hidden_pca(hidden, k: int = 3) -> dict[str, np.ndarray]:
+    """Principal components of hidden trajectories (trials, T, H), pooled over trials and time.
+
+    Returns ``scores`` (trials, T, k), the states' coordinates on the
+    ``k`` leading components, ``explained`` (k: each component's share of
+    the variance) and ``components`` (k, H).
+    """
+    states = torch.as_tensor(hidden).detach().to(torch.float64)
+    flat = states.reshape(-1, states.shape[-1])
+    centred = flat - flat.mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    k = min(k, vh.shape[0])
+    scores = (centred @ vh[:k].T).reshape(*states.shape[:-1], k)
+    return {"scores": scores.cpu().numpy(), "explained": (s[:k] ** 2 / (s ** 2).sum()).cpu().numpy(),
+            "components": vh[:k].cpu().numpy()}
 
 
 @validate_params({"index": Integer(), "network": Integer(low=0), "device": Device()})

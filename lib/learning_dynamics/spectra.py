@@ -1,7 +1,8 @@
 """Spectra of matrix-free operators, effective rank and participation ratio (the KPFlow chapter's measures).
 
 - :func:`leading_spectrum`: top singular values by randomised SVD or block
-  Krylov, from products with the operator only;
+  Krylov, from products with the operator only, and :func:`leading_eigenpairs`:
+  the eigenvectors (eigenfunctions) of a self-adjoint one too;
 - :func:`rademacher` probes and :func:`partial_gram`, the reduced Gram the
   paper's effective ranks are read from;
 - :func:`effective_rank` (95% of the squared spectrum) and
@@ -79,6 +80,52 @@ def trajectory_singular_values(hidden: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(flat - flat.mean(-2, keepdim=True))
 
 
+def _block_krylov(apply: Callable, q: torch.Tensor, n_iter: int, orth: Callable):
+    """An orthonormal block Krylov basis (rows, flattened) of a self-adjoint operator from the start block ``q``,
+    and the symmetrised Rayleigh-Ritz matrix of the operator on it."""
+    width, shape = q.shape[0], q.shape[1:]
+    size = math.prod(shape)
+    blocks, images = [], []
+    n_blocks = max(1, min(n_iter + 1, size // width))  # the Krylov space cannot outgrow the space itself
+    for i in range(n_blocks):
+        blocks.append(q.reshape(width, size))
+        images.append(apply(q).reshape(width, size))
+        if i < n_blocks - 1:
+            basis = torch.cat(blocks)
+            y = images[-1]
+            for _ in range(2):  # full reorthogonalisation, twice for stability
+                y = y - (y @ basis.T) @ basis
+            q = orth(y.reshape(width, *shape))
+    basis, image = torch.cat(blocks), torch.cat(images)
+    ritz = basis @ image.T
+    return basis, (ritz + ritz.T) / 2
+
+
+@validate_params({"apply": AnyCallable(), "k": Integer(low=1), "oversample": Integer(low=0), "n_iter": Integer(low=0),
+                  "seed": Seed(), "device": Device()})
+def leading_eigenpairs(apply, shape, k: int, *, oversample: int = 10, n_iter: int = 3, seed: int = 0,
+                       dtype=torch.float64, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` eigenvalues (by size) and eigenvectors of a matrix-free self-adjoint operator such as K.
+
+    The randomised block Krylov space and Rayleigh-Ritz step of
+    :func:`leading_spectrum` (the same draws: its eigenvalues are that
+    function's, with their signs), keeping the Ritz vectors. Returns
+    ``(values (k,), vectors (k, *shape))``, unit vectors, largest |value| first;
+    for an eigenfunction of K over (trials, time, hidden), ``vectors[i]``.
+    """
+    size = math.prod(shape)
+    width = min(k + oversample, size)
+    omega = torch.randn((width, *shape), generator=check_generator(seed), dtype=dtype).to(device)
+
+    def orth(y):
+        return torch.linalg.qr(y.reshape(width, size).T).Q.T.reshape(width, *shape)
+
+    basis, ritz = _block_krylov(apply, orth(omega), n_iter, orth)
+    values, vectors = torch.linalg.eigh(ritz)
+    order = values.abs().argsort(descending=True)[:k]
+    return values[order], (vectors[:, order].T @ basis).reshape(len(order), *shape)
+
+
 @validate_params({"apply": AnyCallable(), "k": Integer(low=1), "adjoint": Optional(AnyCallable()),
                   "oversample": Integer(low=0), "n_iter": Integer(low=0), "seed": Seed(), "device": Device()})
 def leading_spectrum(apply: Callable, shape, k: int, *, adjoint: Callable | None = None, oversample: int = 10,
@@ -102,21 +149,8 @@ def leading_spectrum(apply: Callable, shape, k: int, *, adjoint: Callable | None
         return torch.linalg.qr(y.reshape(width, size).T).Q.T.reshape(width, *shape)
 
     if adjoint is None:
-        blocks, images = [], []
-        n_blocks = max(1, min(n_iter + 1, size // width))  # the Krylov space cannot outgrow the space itself
-        q = orth(omega)
-        for i in range(n_blocks):
-            blocks.append(q.reshape(width, size))
-            images.append(apply(q).reshape(width, size))
-            if i < n_blocks - 1:
-                basis = torch.cat(blocks)
-                y = images[-1]
-                for _ in range(2):  # full reorthogonalisation, twice for stability
-                    y = y - (y @ basis.T) @ basis
-                q = orth(y.reshape(width, *shape))
-        basis, image = torch.cat(blocks), torch.cat(images)
-        ritz = basis @ image.T
-        return torch.linalg.eigvalsh((ritz + ritz.T) / 2).abs().sort(descending=True).values[:k]
+        _, ritz = _block_krylov(apply, orth(omega), n_iter, orth)
+        return torch.linalg.eigvalsh(ritz).abs().sort(descending=True).values[:k]
     q = orth(apply(omega))
     for _ in range(n_iter):
         q = orth(apply(orth(adjoint(q))))
