@@ -8,7 +8,8 @@ start, data, closed forms, analyses of a fixed number of records) and ``b``
 the training at full length. Two slices, at ``f`` and ``2 f``, give ``a`` and
 ``b``; the paper run takes about ``t(1) = a + b``. A chapter whose estimate is
 under ``--measure-below`` seconds is then also run whole, and that measured
-time is what ``list`` shows, next to the estimate it checks.
+time is what ``list`` shows, next to the estimate it checks, with the
+counts of its claims' statuses (the claims at paper scale).
 
 Runs go through ``python -m learning_dynamics run CHAPTER --preset paper``
 (a claim that fails at a short slice does not matter here; an error does) and
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,21 +82,31 @@ def slice_overrides(chapter: str, fraction: float) -> dict[str, int]:
     return {name: max(1, round(getattr(cfg, name) * fraction)) for name in SCALED[chapter]}
 
 
-def run_paper(chapter: str, overrides: dict, timeout: float, scheduler: str | None = None) -> float:
-    """Wall seconds of one run of the paper preset with ``overrides`` (claims may fail; an error raises)."""
+def run_paper(chapter: str, overrides: dict, timeout: float, scheduler: str | None = None) -> tuple[float, dict]:
+    """Wall seconds of one run of the paper preset with ``overrides``, and its claims' statuses.
+
+    Claims may fail (a slice trains too little); any other error raises.
+    """
+    from learning_dynamics import claims, cli
+
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
         command = [sys.executable, "-m", "learning_dynamics", "run", chapter, "--preset", "paper", "-q",
-                   "--out", str(Path(tmp) / "run"), "-p", "cache=None", "--scheduler", str(scheduler)]
+                   "--out", str(out), "-p", "cache=None", "--scheduler", str(scheduler)]
         for name, value in overrides.items():
             command += ["-p", f"{name}={value}"]
         start = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, env=dict(os.environ, LD_PROGRESS="0"), capture_output=True,
                               text=True, timeout=timeout)
         seconds = time.perf_counter() - start
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    if done.returncode != 0 and not (done.returncode == 1 and any("claims did not pass" in e for e in errors)):
-        raise RuntimeError(f"{chapter} {overrides}: exit {done.returncode}: {errors or done.stderr[-2000:]}")
-    return seconds
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        if done.returncode != 0 and not (done.returncode == 1 and any("claims did not pass" in e for e in errors)):
+            raise RuntimeError(f"{chapter} {overrides}: exit {done.returncode}: {errors or done.stderr[-2000:]}")
+        found = out / "claims.json" if done.returncode == 0 else cli.failed_folder(out) / "claims.json"
+        recorded = claims.from_glued(cli._glued_json(found))
+    statuses = dict(Counter(c.status for c in recorded))
+    statuses["not passing"] = [c.statement for c in recorded if not c.ok]
+    return seconds, statuses
 
 
 def estimate(chapter: str, fraction: float, timeout: float, scheduler: str | None = None) -> dict:
@@ -102,7 +114,7 @@ def estimate(chapter: str, fraction: float, timeout: float, scheduler: str | Non
     for f in (fraction, 2 * fraction):
         overrides = slice_overrides(chapter, f)
         load = os.getloadavg()[0]
-        seconds = run_paper(chapter, overrides, timeout, scheduler)
+        seconds, _ = run_paper(chapter, overrides, timeout, scheduler)
         slices.append({"fraction": f, "overrides": overrides, "seconds": round(seconds, 1), "load": round(load, 2)})
         print(f"  {chapter:<18} slice f = {f:<6g} {seconds:8.1f} s  (load {load:.2f})  {overrides}", flush=True)
     (f1, t1), (f2, t2) = ((s["fraction"], s["seconds"]) for s in slices)
@@ -138,8 +150,8 @@ def main(argv=None) -> int:
         entry["estimate_s"] = entry["seconds"]
         if entry["seconds"] < args.measure_below:
             load = os.getloadavg()[0]
-            entry.update(how="measured", seconds=round(run_paper(chapter, {}, args.timeout, args.scheduler), 1),
-                         load=round(load, 2))
+            seconds, statuses = run_paper(chapter, {}, args.timeout, args.scheduler)
+            entry.update(how="measured", seconds=round(seconds, 1), load=round(load, 2), claims=statuses)
         table[chapter] = entry
         PAPER_TIMES.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
         print(f"{chapter}: {entry['how']} {duration(entry['seconds'])} (estimate {duration(entry['estimate_s'])})",
