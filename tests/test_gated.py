@@ -163,6 +163,25 @@ def test_ungated_gdln_is_the_plain_deep_linear_network():
     np.testing.assert_allclose(gated.race_products(b, race)[:, 0], linear.sigmoid_mode(t[:, None], s, 0.03**2), rtol=1e-7)
 
 
+def test_deep_tree_chain_reduces_to_the_deep_mode():
+    """An L-layer tree chain: its reduction is Saxe's du/dt = L u^(2-2/L) (s - u), and GD from the aligned
+    init follows it (the chapter's learning time against depth)."""
+    for layers in (1, 3, 4):
+        task = hierarchy.tree_task(depth=2, hidden=6, layers=layers)
+        assert list(task.net.edges) == [f"W{k + 1}" for k in range(layers)] and len(task.net.pathways) == 1
+    task = hierarchy.tree_task(depth=2, hidden=6, layers=4)
+    _, s, _ = hierarchy.modes_of(hierarchy.tree_features(2))
+    race = gated.race_reduction(task.net, task.data, task.modes_in, task.modes_out)
+    t = np.linspace(0, 3, 30)
+    b = gated.race_solve(t, np.full((4, len(s)), 0.5), race)
+    np.testing.assert_allclose(gated.race_products(b, race)[:, 0], linear.deep_mode(t[:, None], s, 0.5**4, 4), rtol=1e-7)
+    run = gated.aligned_runs([task], 0.5, lr=1e-3, steps=3000, records=30, seed=1)
+    err = np.abs(run.records["gd"][:, 0, 0] - linear.deep_mode(run.times[:, None], s, 0.5**4, 4)).max() / s.min()
+    assert err < 0.01
+    with pytest.raises(ValueError, match="layers"):
+        hierarchy.tree_task(depth=2, layers=0)
+
+
 def test_chain_closed_form_matches_integration_and_the_race():
     t = np.linspace(0, 12, 80)
     w = np.array([0.5, 2.0, 0.5])

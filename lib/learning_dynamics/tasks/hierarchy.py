@@ -90,12 +90,20 @@ def modes_of(features: np.ndarray, tol: float = 1e-10):
 # ---------------------------------------------------------------------------
 
 
-@validate_params({"depth": Integer(low=1, high=8), "hidden": Integer(low=1)})
-def tree_task(depth: int = 3, hidden: int = 16) -> GatedTask:
-    """Two-layer linear network x -> h -> y on the tree's items, loss 1/2 sum_items |y - W2 W1 x|^2."""
+@validate_params({"depth": Integer(low=1, high=8), "hidden": Integer(low=1), "layers": Integer(low=1, high=12)})
+def tree_task(depth: int = 3, hidden: int = 16, layers: int = 2) -> GatedTask:
+    """Linear network of ``layers`` weight layers on the tree's items, loss 1/2 sum_items |y - W_L ... W_1 x|^2.
+
+    Two layers (the default) is x -> h -> y; deeper chains have hidden nodes
+    h1, ..., h_{L-1} of width ``hidden`` (the chapter's learning time against
+    depth, notebooks/neural_race.ipynb).
+    """
     features = tree_features(depth)
     n_features, n_items = features.shape
-    net = GDLN({"x": n_items, "h": hidden, "y": n_features}, {"W1": ("x", "h"), "W2": ("h", "y")})
+    hidden_nodes = ["h"] if layers == 2 else [f"h{k}" for k in range(1, layers)]
+    chain = ["x"] + hidden_nodes + ["y"]
+    nodes = {v: n_items if v == "x" else n_features if v == "y" else hidden for v in chain}
+    net = GDLN(nodes, {f"W{k + 1}": (chain[k], chain[k + 1]) for k in range(layers)})
     data = gated_data(net, {"x": np.eye(n_items)}, {"y": features.T})
     u, _, v = modes_of(features)
     return GatedTask(net, data, {"x": v}, {"y": u})
