@@ -133,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fraction", type=float, help="the first slice's share of the paper's training lengths")
     parser.add_argument("--measure-below", type=float, default=300.0,
                         help="also run the whole paper preset when the estimate is below this many seconds")
+    parser.add_argument("--measure", action="store_true",
+                        help="run the whole paper preset now, keeping the slices already in the table (no new slices)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed for one run")
     parser.add_argument("--scheduler", help="where the chapters' grids run (as `run --scheduler`); default: in process")
     args = parser.parse_args(argv)
@@ -143,15 +145,19 @@ def main(argv=None) -> int:
     table = json.loads(PAPER_TIMES.read_text()) if PAPER_TIMES.exists() else {}
     for chapter in chapters:
         fraction = args.fraction or FRACTION.get(chapter, DEFAULT_FRACTION)
-        entry = {"how": "extrapolated", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-                 "scheduler": args.scheduler, **estimate(chapter, fraction, args.timeout, args.scheduler)}
-        if chapter in LOWER_BOUND:
-            entry.update(how="at least", note=LOWER_BOUND[chapter])
-        entry["estimate_s"] = entry["seconds"]
-        if entry["seconds"] < args.measure_below:
+        if args.measure and "slices" in table.get(chapter, {}):
+            entry = dict(table[chapter])
+        else:
+            entry = {"how": "extrapolated", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+                     "scheduler": args.scheduler, **estimate(chapter, fraction, args.timeout, args.scheduler)}
+            if chapter in LOWER_BOUND:
+                entry.update(how="at least", note=LOWER_BOUND[chapter])
+            entry["estimate_s"] = entry["seconds"]
+        if args.measure or entry["seconds"] < args.measure_below:
             load = os.getloadavg()[0]
             seconds, statuses = run_paper(chapter, {}, args.timeout, args.scheduler)
-            entry.update(how="measured", seconds=round(seconds, 1), load=round(load, 2), claims=statuses)
+            entry.update(how="measured", seconds=round(seconds, 1), load=round(load, 2), claims=statuses,
+                         date=time.strftime("%Y-%m-%d"), scheduler=args.scheduler)
         table[chapter] = entry
         PAPER_TIMES.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
         print(f"{chapter}: {entry['how']} {duration(entry['seconds'])} (estimate {duration(entry['estimate_s'])})",
