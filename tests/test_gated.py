@@ -182,6 +182,19 @@ def test_deep_tree_chain_reduces_to_the_deep_mode():
         hierarchy.tree_task(depth=2, layers=0)
 
 
+def test_xor_task_reduces_to_three_pathways_and_gd_solves_it():
+    """The XoR GDLN: drives 0, +2, -2 on one mode; GD from the aligned init follows the reduction to zero loss."""
+    task = hierarchy.xor_task(hidden=4)
+    race = gated.race_reduction(task.net, task.data, task.modes_in, task.modes_out)
+    np.testing.assert_allclose(race.drive[:, 0], [0.0, 2.0, -2.0], atol=1e-12)
+    np.testing.assert_allclose(race.coupling[:, :, 0], [[4, 2, 2], [2, 2, 0], [2, 0, 2]], atol=1e-12)
+    run = gated.aligned_runs([task], 0.1, lr=1e-3, steps=3000, records=30, seed=2)
+    assert np.abs(run.records["gd"] - run.records["flow"]).max() < 2e-3
+    assert run.records["loss"][-1, 0] < 1e-6 * run.records["loss"][0, 0]
+    with pytest.raises(ValueError, match="hidden"):
+        hierarchy.xor_task(hidden=0)
+
+
 def test_chain_closed_form_matches_integration_and_the_race():
     t = np.linspace(0, 12, 80)
     w = np.array([0.5, 2.0, 0.5])

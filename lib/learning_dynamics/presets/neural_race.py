@@ -22,6 +22,13 @@ class NeuralRace(ChapterPreset):
     depth_b0: float = param(0.5, low=0.0, strict_low=True, high=1.0, help="initial strength of every layer per mode")
     depth_lr: float = param(0.005, low=0.0, strict_low=True, help="GD step of the depth sweep")
     depth_span: float = param(3.0, low=1.0, help="training time in units of the slowest mode's half-learning time")
+    # XoR through gating: an ungated pathway and two pathways gated by the sign of x1
+    xor_hidden: int = param(8, low=1, help="width of every hidden node of the XoR network")
+    xor_b0: float = param(0.1, low=0.0, strict_low=True, help="initial strength |b| of every edge (aligned init)")
+    xor_init: float = param(0.1, low=0.0, strict_low=True, help="init scale of the random orthogonal XoR networks")
+    xor_lr: float = param(0.01, low=0.0, strict_low=True, help="GD step of the XoR network")
+    xor_steps: int = param(400, low=1, help="full-batch GD steps of the XoR network")
+    xor_seeds: int = param(8, low=1, help="random initialisations of the XoR network")
     # The race: one shared pathway against one private pathway per context
     race_contexts: tuple = param((1, 2, 3, 4, 6, 8), items=Integer(low=1, high=32), min_len=2, help="numbers of contexts C")
     race_shown: int = param(4, low=1, help="C of the time-course panel (must be in race_contexts)")
@@ -96,7 +103,7 @@ register(
     # lr x curvature of the strongest mode ~ 1.6 < 2); generalisation t = 6 (the book's; 0.02 x 300) at sigma0 = 1:
     # at t = 4.2 the smallest init's plateau had not ended at every seed (trained-pair error up to 0.021 of the zero
     # output over seeds 0-19; at t = 6 at most 1e-4).
-    smoke=dict(depth_layers=(2, 3, 4), depth_lr=0.01, saxe_seeds=2, saxe_steps=700, race_contexts=(1, 2, 4), race_steps=625, race_lr=4e-3, routing_hidden=64,
+    smoke=dict(depth_layers=(2, 3, 4), depth_lr=0.01, xor_seeds=4, saxe_seeds=2, saxe_steps=700, race_contexts=(1, 2, 4), race_steps=625, race_lr=4e-3, routing_hidden=64,
                routing_lr=0.03, routing_epochs=270, routing_seeds=1, gen_inits=3, gen_trained=(1, 2, 4), gen_seeds=1,
                gen_lr=0.02, gen_epochs=300),
     book=dict(),

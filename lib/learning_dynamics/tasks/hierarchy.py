@@ -250,3 +250,30 @@ def context_task(n_contexts: int, n_slots: int | None = None, shared_depth: int 
         weights=(context < n_contexts).astype(float),
     )
     return GatedTask(net, data, {"x": HAAR_4}, {"y": np.eye(4)})
+
+
+# ---------------------------------------------------------------------------
+# XoR through gating (Saxe, Sodhani & Lewallen 2022, Sec. 2)
+# ---------------------------------------------------------------------------
+
+
+@validate_params({"hidden": Integer(low=1)})
+def xor_task(hidden: int = 8) -> GatedTask:
+    """XoR y = x1 x2 on the four inputs x in {-1, +1}^2, learned by a GDLN with three pathways into y.
+
+    ``lin`` (edges lin_in, lin_out through node h0) is ungated: an ordinary
+    two-layer linear network. ``plus`` and ``minus`` (through nodes hp, hm)
+    are gated by the sign of x1: hp is on when x1 = +1, hm when x1 = -1. On
+    each half XoR is linear (y = x2 or y = -x2), so the gated pathways can
+    solve it; the ungated one sees no correlation (sum_n y x^T = 0). All the
+    gated correlations are diagonal in the input mode e2 (Sigma_xx = 2 I or
+    4 I), so the neural race reduction holds with one mode: drives 0, +2, -2.
+    Used in the chapter's XoR section (notebooks/neural_race.ipynb).
+    """
+    x = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    net = GDLN({"x": 2, "h0": hidden, "hp": hidden, "hm": hidden, "y": 1},
+               {"lin_in": ("x", "h0"), "lin_out": ("h0", "y"), "plus_in": ("x", "hp"), "plus_out": ("hp", "y"),
+                "minus_in": ("x", "hm"), "minus_out": ("hm", "y")})
+    data = gated_data(net, {"x": x}, {"y": (x[:, 0] * x[:, 1])[:, None]},
+                      node_gates={"hp": (x[:, 0] > 0).astype(float), "hm": (x[:, 0] < 0).astype(float)})
+    return GatedTask(net, data, {"x": np.array([[0.0], [1.0]])}, {"y": np.ones((1, 1))})
