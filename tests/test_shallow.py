@@ -236,3 +236,12 @@ def test_prototypes_have_their_overlaps_at_every_seed():
 def test_points_near_the_kernel_threshold_are_not_clear():
     stats = {"kernel_ratio": np.array([1.0, 1.0499, 1.056, 0.9, 3.0])}
     np.testing.assert_array_equal(shallow.clear_of_kernel_threshold(stats), [True, False, True, True, True])
+
+
+def test_conserved_drift_matches_the_dense_matrices():
+    rng = np.random.default_rng(3)
+    u0, w0, u1, w1 = rng.standard_normal((4, 3, 7))
+    eta_u, eta_w = np.array([1.0, 2.0, 0.5]), np.array([1.0, 0.3, 4.0])
+    dense = np.linalg.norm(shallow.conserved(u1, w1, eta_u, eta_w) - shallow.conserved(u0, w0, eta_u, eta_w), axis=(1, 2))
+    np.testing.assert_allclose(shallow.conserved_drift(u0, w0, u1, w1, eta_u, eta_w), dense, rtol=1e-12)
+    assert shallow.conserved_drift(u0, w0, u0, w0, eta_u, eta_w).max() < 1e-13   # no drift: zero to rounding
