@@ -106,6 +106,8 @@ def run_paper(chapter: str, overrides: dict, timeout: float, scheduler: str | No
         recorded = claims.from_glued(cli._glued_json(found))
     statuses = dict(Counter(c.status for c in recorded))
     statuses["not passing"] = [c.statement for c in recorded if not c.ok]
+    statuses["values"] = {c.statement: f"{c.ours:.3g} (paper {c.paper}; tolerance {c.tolerance}): {c.status}"
+                          for c in recorded}
     return seconds, statuses
 
 
