@@ -37,7 +37,7 @@ BAD_INPUTS = [
     ("spring_block", {"width": 512, "n_train": 1700, "n_seeds": 200}, "width = 512 would need about"),
     ("kpflow", {"mt_hidden": 2048, "mt_batch": 20000}, "mt_hidden = 2048 would need about"),
     ("neural_race", {"trained": 7}, "trained must be < modules = 7"),
-    ("neural_race", {"gen_trained": (1, 7)}, "gen_trained must hold values < modules = 7"),
+    ("neural_race", {"km_trained": (1, 10)}, "km_trained must hold values < km_modules = 10"),
     ("neural_race", {"race_shown": 5}, "race_shown must be one of race_contexts"),
     ("kpflow", {"g_values": (1, "a")}, "g_values[1] must be a real number"),
     ("three_mechanisms", {"widths": ()}, "widths must be a tuple of at least 1 item"),

@@ -67,6 +67,18 @@ def simulation(ax, x, y, *, i: int = 0, label: str | None = None, every: int = 1
     return ax.plot(x, y, "o", color=kw.pop("color", color(i)), mfc="none", label=label, **kw)
 
 
+def simulation_mean(ax, x, samples, *, i: int = 0, label: str | None = None, **kw):
+    """Training runs over seeds (the last axis of ``samples``): open markers at the mean, bars of one standard error."""
+    samples = np.asarray(samples)
+    if samples.shape[-1] < 2:
+        raise ValueError(f"samples must hold at least 2 runs on the last axis for an error bar; got shape {samples.shape}")
+    error = samples.std(-1, ddof=1) / np.sqrt(samples.shape[-1])
+    kw.setdefault("markersize", 4)
+    kw.setdefault("capsize", 2)
+    return ax.errorbar(x, samples.mean(-1), yerr=error, fmt="o", color=kw.pop("color", color(i)), mfc="none",
+                       label=label, **kw)
+
+
 def legend_theory_vs_simulation(ax, **kw):
     """A legend entry explaining line = theory, marker = simulation."""
     handles = [
