@@ -279,6 +279,33 @@ def test_routing_pair_errors_and_projectors_match_the_generic_ones():
         torch.testing.assert_close(pi[:, k], torch.einsum("ia,nij,ja->na", u, w, v))
 
 
+def test_routing_code_similarity_is_the_cosine_of_the_shared_layers_codes():
+    task = hierarchy.routing_task(hierarchy.routing_gate(3, 2), hidden=6)
+    params = gated.orthogonal_init(task.net, np.array([0.3, 2.0]), 2, seed=1)
+    codes = torch.cat([params["shared"] @ params[f"in{i}"] for i in range(3)], dim=-1)     # (n, h, M items)
+    codes = codes / codes.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(hierarchy.routing_code_similarity(task, params), codes.transpose(1, 2) @ codes)
+    same = {k: v.clone() for k, v in params.items()}
+    same["in1"], same["in2"] = same["in0"], same["in0"]                                       # one code for all modules
+    np.testing.assert_allclose(hierarchy.cross_module_similarity(hierarchy.routing_code_similarity(task, same), 3), 1.0)
+    # module i's item a against module j's item a only: a block-diagonal pattern that leaves other items out
+    blocks = np.kron(np.ones((3, 3)), np.diag([0.5, -0.5, 0.2, 0.4])) + np.eye(12)
+    np.testing.assert_allclose(hierarchy.cross_module_similarity(blocks, 3), 0.15)
+    with pytest.raises(ValueError, match="n_modules = 5"):
+        hierarchy.cross_module_similarity(blocks, 5)
+
+
+def test_pathway_error_is_half_the_squared_gap_to_the_target():
+    task = hierarchy.routing_task(hierarchy.routing_gate(3, 2), hidden=6)
+    race = gated.race_reduction(task.net, task.data, task.modes_in, task.modes_out)
+    b = np.random.default_rng(0).uniform(0.1, 1.0, (4, len(task.net.edges), 4))
+    s = np.array([3.0, 2.0, 1.0, 0.5])
+    np.testing.assert_allclose(gated.pathway_error(b, race, s, pathway=1),
+                               0.5 * ((s - gated.race_products(b, race)[:, 1]) ** 2).sum(-1))
+    with pytest.raises(ValueError, match="pathway must be < 9"):
+        gated.pathway_error(b, race, s, pathway=9)
+
+
 def test_one_context_ties_the_shared_and_the_private_pathway():
     # at C = 1 both pathways of depth 2 see the same data from the same start: a tie by symmetry (moved out of the claims)
     task = hierarchy.context_task(1, 1, 2, 8, (3.0, 2.0, 2.5))

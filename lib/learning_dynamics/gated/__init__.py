@@ -69,6 +69,7 @@ from .race import (  # noqa: F401
     reduced_products,
     chain_rhs,
     chain_solve,
+    pathway_error,
     race_loss,
     race_products,
     race_reduction,

@@ -134,6 +134,20 @@ def race_loss(b, race: Race) -> np.ndarray:
             + 0.5 * np.einsum("...qpa,...qa,...pa->...", race.coupling, pi, pi))
 
 
+@validate_params({"b": Array(), "race": _RACE, "target": Array(ndim=1), "pathway": Integer(low=0)})
+def pathway_error(b, race: Race, target, pathway: int = 0) -> np.ndarray:
+    """One pathway's error 1/2 sum over modes (s - pi_p)^2 for strengths b (..., E, r) and targets s (r,): shape (...).
+
+    For the routing network (:func:`learning_dynamics.tasks.hierarchy.routing_task`) this is the test error of
+    a module pair in the reduction (neural_race chapter, Figs. fig-neural-race-generalisation to fig-neural-race-km).
+    """
+    pi = race_products(b, race)
+    if pathway >= pi.shape[-2] or np.shape(target) != pi.shape[-1:]:
+        raise ValueError(f"pathway must be < {pi.shape[-2]} and target must have shape {pi.shape[-1:]}; "
+                         f"got pathway = {pathway} and target of shape {np.shape(target)}")
+    return 0.5 * ((np.asarray(target, dtype=np.float64) - pi[..., pathway, :]) ** 2).sum(-1)
+
+
 def _race_field(race: Race):
     """db/dt as a function of b (..., E, r), with the race's index and scatter matrix prepared once."""
     index, n_edges = race.index, race.n_edges

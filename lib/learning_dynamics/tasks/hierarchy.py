@@ -203,6 +203,38 @@ def routing_pair_errors(task: GatedTask, params: dict[str, torch.Tensor]) -> tor
 HAAR_4 = np.array([[1, 1, 1, 1], [1, 1, -1, -1], [np.sqrt(2), -np.sqrt(2), 0, 0], [0, 0, np.sqrt(2), -np.sqrt(2)]]).T / 2.0
 
 
+def routing_code_similarity(task: GatedTask, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cosine similarity of the shared layer's codes W_shared W_in{i} x of every (input module i, item x) of a
+    :func:`routing_task` network: shape (networks, M items, M items), module-major (neural_race, fig-neural-race-lazy).
+
+    The representational similarity (RSA) matrix of the authors' vs-NTK notebook, from the pathway products.
+    """
+    m = len(task.net.inputs)
+    with torch.no_grad():
+        codes = side_by_side(tuple((f"in{i}", "shared") for i in range(m)), params)            # (n, h, M items)
+        codes = codes / codes.norm(dim=-2, keepdim=True)
+        return codes.transpose(-1, -2) @ codes
+
+
+@validate_params({"similarity": Array(), "n_modules": Integer(low=2)})
+def cross_module_similarity(similarity, n_modules: int) -> np.ndarray:
+    """Mean similarity between the codes of one item from two different input modules: shape similarity.shape[:-2].
+
+    ``similarity`` is (..., M items, M items), module-major (:func:`routing_code_similarity`). A code shared by all
+    modules gives 1; unrelated random codes give about 0.
+    """
+    s = np.asarray(similarity, dtype=np.float64)
+    size = s.shape[-1]
+    if s.ndim < 2 or s.shape[-2] != size or size % n_modules:
+        raise ValueError(f"similarity must be (..., M items, M items) with M = n_modules = {n_modules}; "
+                         f"got shape {s.shape}")
+    items = size // n_modules
+    blocks = s.reshape(*s.shape[:-2], n_modules, items, n_modules, items)
+    same_item = np.diagonal(blocks, axis1=-3, axis2=-1).mean(-1)                               # (..., M, M)
+    off = ~np.eye(n_modules, dtype=bool)
+    return same_item[..., off].mean(-1)
+
+
 @validate_params({"n_contexts": Integer(low=1)})
 def context_targets(n_contexts: int, strengths=(3.0, 2.0, 1.5)) -> np.ndarray:
     """Features x items for each context, shape (C, 4, 4): Y_c = diag(s_c) V^T on four hierarchical items.
