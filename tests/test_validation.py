@@ -451,6 +451,18 @@ def _train():
                 desc="training")
 
 
+def _small_mnist() -> str:
+    """A 12 + 4 image file in the mnist.npz layout, written once per session."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.gettempdir()) / f"ld-test-mnist-{id(np)}.npz"
+    if not path.exists():
+        images = np.zeros((16, 28, 28), dtype=np.uint8)
+        np.savez(path, x_train=images[:12], y_train=np.arange(12) % 10, x_test=images[12:], y_test=np.arange(4))
+    return str(path)
+
+
 # Valid keyword arguments for every declared function: "<module>.<function>" -> a function returning them.
 VALID = {
     **{f"gated.{name}": functools.partial(_gated, name) for name in (
@@ -497,6 +509,7 @@ VALID = {
     "spectra.partial_gram": lambda: dict(outputs=torch.ones(2, 2, 5, 4), keep="time"),
     "spectra.rademacher": lambda: dict(n=2, shape=(2, 3), seed=1),
     "tasks.digits.load": lambda: dict(n_train=100, seed=1),
+    "tasks.mnist.load": lambda: dict(path=_small_mnist(), n_train=10, seed=1, name="mnist_file"),
     "tasks.hierarchy.context_targets": lambda: dict(n_contexts=2),
     "tasks.hierarchy.context_task": lambda: dict(n_contexts=2, n_slots=3, shared_depth=2, hidden=4),
     "tasks.hierarchy.cross_module_similarity": lambda: dict(similarity=np.eye(6), n_modules=2),
