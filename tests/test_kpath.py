@@ -63,3 +63,20 @@ def test_modes_pass_the_reduction_and_pair_accuracies_match_a_forward_pass(small
         w = params[f"out{j}"][n] @ params["shared"][n] @ params[f"in{i}"][n]
         predicted = pt.labels[j][(torch.as_tensor(zt[:, pt.pixels[i]]) @ w.T).argmax(-1).numpy()]
         assert float(accuracy[n, i * 4 + j]) == pytest.approx(np.mean(predicted == yt), abs=1e-12)
+
+
+def test_mode_accuracy_is_the_accuracy_of_the_reduced_classifier(small):
+    z, y, zt, yt, _ = small
+    pt = kpath.permuted_task(z, y, zt, yt, hierarchy.routing_gate(4, 2), hidden=8, seed=2)
+    pi = np.linspace(1.0, 0.2, 8)
+    params = {k: torch.zeros(1, *v, dtype=torch.float64) for k, v in
+              {e: (pt.task.net.nodes[b], pt.task.net.nodes[a]) for e, (a, b) in pt.task.net.edges.items()}.items()}
+    i, j = 2, 1
+    w = pt.task.modes_out[f"y{j}"] @ np.diag(pi) @ pt.task.modes_in[f"x{i}"].T      # pair (i, j) with strengths pi
+    params[f"in{i}"][0] = torch.as_tensor(pt.task.modes_in[f"x{i}"].T)
+    params["shared"][0] = torch.as_tensor(np.diag(pi))
+    params[f"out{j}"][0] = torch.as_tensor(pt.task.modes_out[f"y{j}"])
+    torch.testing.assert_close(params[f"out{j}"][0] @ params["shared"][0] @ params[f"in{i}"][0], torch.as_tensor(w))
+    assert kpath.mode_accuracy(pt, pi) == pytest.approx(float(kpath.pair_accuracies(pt, params)[0, i * 4 + j]), abs=1e-12)
+    with pytest.raises(ValueError, match="strengths must have the 8 modes"):
+        kpath.mode_accuracy(pt, np.ones(3))

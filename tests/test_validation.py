@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from learning_dynamics import validation as V
+from learning_dynamics.tasks import kpath
 from learning_dynamics.validation import (AnyOf, Array, Boolean, Device, InstanceOf, Integer, Optional, Options, Real,
                                           Seed, as_constraint, declared_functions, validate_params)
 
@@ -512,6 +513,9 @@ VALID = {
     "tasks.kpath.permuted_task": lambda: dict(z_train=np.eye(10)[np.arange(20) % 10] - 0.1, y_train=np.arange(20) % 10,
                                               z_test=np.zeros((3, 10)), y_test=np.arange(3), gate=np.eye(2, dtype=bool),
                                               hidden=4, seed=0),
+    "tasks.kpath.mode_accuracy": lambda: dict(permuted=kpath.permuted_task(
+        np.eye(10)[np.arange(20) % 10] - 0.1, np.arange(20) % 10, np.zeros((3, 10)), np.arange(3), np.eye(2, dtype=bool),
+        hidden=4, seed=0), strengths=np.ones(9)),
     "tasks.kpath.whiten_pca": lambda: dict(x_train=np.random.default_rng(0).normal(size=(20, 5)), x_test=np.zeros((3, 5)),
                                            dims=3),
     "tasks.mnist.load": lambda: dict(path=_small_mnist(), n_train=10, seed=1, name="mnist_file"),

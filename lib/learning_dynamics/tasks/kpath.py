@@ -127,3 +127,20 @@ def pair_accuracies(permuted: PermutedTask, params: dict[str, torch.Tensor]) -> 
         truth = torch.as_tensor(np.stack([np.argsort(q)[permuted.y_test] for q in permuted.labels]), device=w.device)
         correct = scores.argmax(-1) == truth[None, None]                                            # truth: (j, test)
         return correct.to(w.dtype).mean(-1).reshape(prefix.shape[0], m * m)
+
+
+@validate_params({"strengths": Array()})
+def mode_accuracy(permuted: PermutedTask, strengths) -> np.ndarray:
+    """Test accuracy of the classifier u diag(pi) v^T built from mode strengths pi (..., r): shape (...).
+
+    In the reduction from a decoupled start every pair, trained or not, has the same strengths, so this is every
+    pair's predicted accuracy (evaluated on pair (0, 0); the permutations cancel).
+    """
+    strengths = np.asarray(strengths, dtype=np.float64)
+    u, v = permuted.task.modes_out["y0"], permuted.task.modes_in["x0"]
+    if strengths.shape[-1:] != (u.shape[1],):
+        raise ValueError(f"strengths must have the {u.shape[1]} modes on the last axis; got shape {strengths.shape}")
+    z = permuted.x_test[:, permuted.pixels[0]]
+    scores = np.einsum("kd,dr,...r,cr->...kc", z, v, strengths, u)
+    truth = np.argsort(permuted.labels[0])[permuted.y_test]
+    return (scores.argmax(-1) == truth).mean(-1)
