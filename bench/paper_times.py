@@ -41,7 +41,7 @@ PAPER_TIMES = ROOT / "bench" / "paper_times.json"
 SCALED = {
     "feedback_principle": ("skill_steps", "grid_steps", "toy_steps"),
     "kpflow": ("steps", "mt_steps"),
-    "neural_race": ("saxe_steps", "xor_steps", "race_steps", "routing_epochs", "gen_epochs", "km_epochs"),
+    "neural_race": ("saxe_steps", "xor_steps", "race_steps", "routing_epochs", "gen_epochs", "km_epochs", "kpath_steps"),
     "spring_block": ("steps", "chain_steps", "sde_steps"),
     "three_mechanisms": ("digits_steps",),
 }

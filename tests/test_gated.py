@@ -312,3 +312,16 @@ def test_one_context_ties_the_shared_and_the_private_pathway():
     run = gated.aligned_runs([task], 0.1, lr=1e-3, steps=2000, seed=0)
     share = run.records["gd"][-1, 0, 0, :2] / run.records["gd"][-1, 0, :2, :2].sum(0)
     np.testing.assert_allclose(share, 0.5, atol=1e-9)
+
+
+def test_routing_reduction_at_step_lr_over_k_is_the_same_at_every_k():
+    # the neural_race chapter draws one reduction line for its K/M sweep (step km_lr / K): each edge collects K paths
+    steps, curves = np.arange(0, 301, 30), []
+    s_route = hierarchy.modes_of(hierarchy.routing_targets())[1]
+    for k in (1, 6):
+        task = hierarchy.routing_task(hierarchy.routing_gate(10, k), hidden=16)
+        race = gated.race_reduction(task.net, task.data, task.modes_in, task.modes_out)
+        flow = gated.race_solve(steps * 0.12 / k, np.full((len(task.net.edges), 4), 0.08), race)
+        curves.append(gated.pathway_error(flow, race, s_route))
+    assert curves[0][-1] < 0.5 * curves[0][0]                                     # it has learned
+    np.testing.assert_allclose(curves[0], curves[1], rtol=1e-7, atol=1e-9)
