@@ -622,3 +622,15 @@ def test_imperative_checks_name_the_parameter_and_what_was_given():
     for call, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
             call()
+
+
+def test_value_text_describes_big_values_without_formatting_them():
+    # AnyOf builds this text for each alternative a valid value misses (train_gdln's list of datasets): keep it cheap
+    assert V.value_text(np.zeros((300, 400))) == "ndarray of shape (300, 400)"
+    assert V.value_text(np.arange(3)) == "array([0, 1, 2])"
+    from learning_dynamics.tasks import hierarchy
+
+    task = hierarchy.routing_task(hierarchy.routing_gate(3, 2), hidden=4)
+    assert V.value_text(task.data) == "a GatedData"
+    assert V.value_text([task.data] * 10) == "a list of 10 GatedData"
+    assert V.value_text([np.zeros((500, 500))] * 50) == "a list of 50 ndarray"

@@ -33,6 +33,7 @@ ValueError: kind must be one of 'rnn', 'gru'; got 'lstm'
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -166,11 +167,25 @@ _SHORT = 80  # a given value longer than this is described by its type and shape
 
 
 def value_text(value, array: np.ndarray | None = None) -> str:
-    """``repr(value)`` when short, else its type and shape: what an error message says was given."""
+    """``repr(value)`` when short, else its type and shape: what an error message says was given.
+
+    Large arrays, dataclasses and sequences of them are described without formatting them: ``AnyOf`` builds this
+    text for every alternative that a valid value does not match, so it must stay cheap.
+    """
+    shape = getattr(value, "shape", None) if array is None else array.shape
+    try:
+        size = None if shape is None else math.prod(tuple(shape))
+    except TypeError:                                                     # a .shape that is not a sequence of ints
+        shape = size = None
+    if size is not None and size > _SHORT // 2:                           # its repr would be over _SHORT anyway
+        return f"{type(value).__name__} of shape {tuple(shape)}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return f"a {type(value).__name__}"
+    if isinstance(value, (list, tuple)) and value and (dataclasses.is_dataclass(value[0]) or hasattr(value[0], "shape")):
+        return f"a {type(value).__name__} of {len(value)} {type(value[0]).__name__}"
     text = repr(value)
     if len(text) <= _SHORT:
         return text
-    shape = getattr(value, "shape", None) if array is None else array.shape
     return f"{type(value).__name__} of shape {tuple(shape)}" if shape is not None else f"{text[:_SHORT - 3]}..."
 
 
