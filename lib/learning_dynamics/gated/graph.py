@@ -207,15 +207,19 @@ class Correlations:
 def gated_correlations(net: GDLN, data: GatedData) -> Correlations:
     """Sigma_yx(p) = sum_n w g_p y x_p^T and Sigma_xx(q, p) = sum_n w g_q g_p x_q x_p^T."""
     gates = pathway_gates(net, data)
-    g = gates * data.weights[:, None]
-    yx = [np.einsum("n,ni,nj->ij", g[:, k], data.targets[net.target(p)], data.inputs[net.source(p)])
-          for k, p in enumerate(net.pathways)]
-    xx = {}
-    for q, pq in enumerate(net.pathways):
-        for k, p in enumerate(net.pathways):
-            if net.target(pq) == net.target(p):
-                xx[(q, k)] = np.einsum("n,ni,nj->ij", g[:, k] * gates[:, q],
-                                       data.inputs[net.source(pq)], data.inputs[net.source(p)])
+    yx, xx = [None] * len(net.pathways), {}
+    for v in net.outputs:                         # one product per output node: its pathways side by side
+        into = [k for k, p in enumerate(net.pathways) if net.target(p) == v]
+        if not into:
+            continue
+        gated_inputs = np.concatenate([data.inputs[net.source(net.pathways[k])] * gates[:, k, None] for k in into], axis=1)
+        weighted = gated_inputs * data.weights[:, None]
+        cuts = np.cumsum([net.nodes[net.source(net.pathways[k])] for k in into])[:-1]
+        for k, block in zip(into, np.split(data.targets[v].T @ weighted, cuts, axis=1)):
+            yx[k] = block
+        for q, row in zip(into, np.split(weighted.T @ gated_inputs, cuts, axis=0)):
+            for k, block in zip(into, np.split(row, cuts, axis=1)):
+                xx[(q, k)] = block
     return Correlations(yx, xx)
 
 

@@ -123,7 +123,7 @@ def pair_accuracies(permuted: PermutedTask, params: dict[str, torch.Tensor]) -> 
         d = permuted.x_test.shape[1]
         w = (outs @ prefix.unsqueeze(1)).reshape(prefix.shape[0], m, N_CLASSES, m, d)              # (n, j, class, i, d)
         z = torch.as_tensor(np.stack([permuted.x_test[:, p] for p in permuted.pixels]), dtype=w.dtype, device=w.device)
-        scores = torch.einsum("njcid,ikd->nijkc", w, z)                                              # (n, i, j, test, 10)
+        scores = torch.einsum("njcid,ikd->nijkc", w, z).contiguous()                                 # (n, i, j, test, 10)
         truth = torch.as_tensor(np.stack([np.argsort(q)[permuted.y_test] for q in permuted.labels]), device=w.device)
         correct = scores.argmax(-1) == truth[None, None]                                            # truth: (j, test)
         return correct.to(w.dtype).mean(-1).reshape(prefix.shape[0], m * m)
@@ -141,6 +141,6 @@ def mode_accuracy(permuted: PermutedTask, strengths) -> np.ndarray:
     if strengths.shape[-1:] != (u.shape[1],):
         raise ValueError(f"strengths must have the {u.shape[1]} modes on the last axis; got shape {strengths.shape}")
     z = permuted.x_test[:, permuted.pixels[0]]
-    scores = np.einsum("kd,dr,...r,cr->...kc", z, v, strengths, u)
+    scores = ((z @ v) * strengths[..., None, :]) @ u.T                                  # (..., test, 10)
     truth = np.argsort(permuted.labels[0])[permuted.y_test]
     return (scores.argmax(-1) == truth).mean(-1)
