@@ -325,3 +325,16 @@ def test_routing_reduction_at_step_lr_over_k_is_the_same_at_every_k():
         curves.append(gated.pathway_error(flow, race, s_route))
     assert curves[0][-1] < 0.5 * curves[0][0]                                     # it has learned
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-7, atol=1e-9)
+
+
+def test_pair_samples_gate_on_only_the_pair_and_carry_its_items():
+    net = hierarchy.routing_network(3, 2, 4, 5)
+    items = [np.arange(4.0).reshape(2, 2) + 10 * i for i in range(3)]
+    targets = [np.full((2, 5), float(j)) for j in range(3)]
+    data = hierarchy.pair_samples(net, [(0, 2), (1, 0)], items, targets, weight=0.5)
+    assert data.n_samples == 4 and np.all(data.weights == 0.5)
+    np.testing.assert_array_equal(data.inputs["x0"][:2], items[0])
+    np.testing.assert_array_equal(data.inputs["x1"][2:], items[1])
+    np.testing.assert_array_equal(data.targets["y2"][:2], targets[2])
+    on = {v: np.flatnonzero(data.node_gates[v]).tolist() for v in ("x0", "x1", "x2", "y0", "y1", "y2")}
+    assert on == {"x0": [0, 1], "x1": [2, 3], "x2": [], "y0": [2, 3], "y1": [], "y2": [0, 1]}

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from learning_dynamics import validation as V
-from learning_dynamics.tasks import kpath
+from learning_dynamics.tasks import hierarchy, kpath
 from learning_dynamics.validation import (AnyOf, Array, Boolean, Device, InstanceOf, Integer, Optional, Options, Real,
                                           Seed, as_constraint, declared_functions, validate_params)
 
@@ -524,6 +524,9 @@ VALID = {
     "tasks.hierarchy.cross_module_similarity": lambda: dict(similarity=np.eye(6), n_modules=2),
     "tasks.hierarchy.modes_of": lambda: dict(features=np.eye(3), tol=1e-10),
     "tasks.hierarchy.routing_gate": lambda: dict(n_modules=4, n_trained=2),
+    "tasks.hierarchy.routing_network": lambda: dict(n_modules=2, width_in=3, hidden=4, width_out=2),
+    "tasks.hierarchy.pair_samples": lambda: dict(net=hierarchy.routing_network(2, 3, 4, 2), pairs=[(0, 1)],
+                                                 items=[np.eye(3)] * 2, targets=[np.ones((3, 2))] * 2, weight=0.5),
     "tasks.hierarchy.routing_task": lambda: dict(gate=np.eye(2, dtype=bool), hidden=8, features=np.eye(3)),
     "tasks.hierarchy.tree_features": lambda: dict(depth=2),
     "tasks.hierarchy.tree_task": lambda: dict(depth=2, hidden=4),

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..gated import GDLN, GatedData, gated_data, side_by_side
-from ..validation import Array, Integer, Optional, Real, check_int, check_positive, validate_params, value_text
+from ..validation import Array, InstanceOf, Integer, Optional, Real, check_int, check_positive, validate_params, value_text
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,44 @@ def routing_gate(n_modules: int, n_trained: int) -> np.ndarray:
     return gate
 
 
+@validate_params({"n_modules": Integer(low=1), "width_in": Integer(low=1), "hidden": Integer(low=1),
+                  "width_out": Integer(low=1)})
+def routing_network(n_modules: int, width_in: int, hidden: int, width_out: int) -> GDLN:
+    """M input modules x_i (``width_in``) -> h1 -> h2 (``hidden``) -> M output modules y_j (``width_out``).
+
+    Edges in{i} (x_i -> h1), shared (h1 -> h2) and out{j} (h2 -> y_j): the graph of :func:`routing_task` and of
+    :func:`learning_dynamics.tasks.kpath.permuted_task`.
+    """
+    nodes = {**{f"x{i}": width_in for i in range(n_modules)}, "h1": hidden, "h2": hidden,
+             **{f"y{j}": width_out for j in range(n_modules)}}
+    edges = {**{f"in{i}": (f"x{i}", "h1") for i in range(n_modules)}, "shared": ("h1", "h2"),
+             **{f"out{j}": ("h2", f"y{j}") for j in range(n_modules)}}
+    return GDLN(nodes, edges)
+
+
+@validate_params({"net": InstanceOf(GDLN, description="a GDLN"),
+                  "pairs": InstanceOf(list, description="a list of (input, output) module pairs"),
+                  "items": InstanceOf(list), "targets": InstanceOf(list), "weight": Optional(Real(low=0.0, strict_low=True))})
+def pair_samples(net: GDLN, pairs, items, targets, weight: float | None = None) -> GatedData:
+    """The samples of a :func:`routing_network` for (input i, output j) module pairs, one block of items per pair.
+
+    Pair (i, j) contributes the rows of ``items[i]`` (items x width_in) on x_i and of ``targets[j]``
+    (items x width_out) on y_j, with only x_i and y_j gated on; every sample weighs ``weight`` (default 1).
+    """
+    n_items = len(items[0])
+    n = len(pairs) * n_items
+    inputs = {v: np.zeros((n, net.nodes[v])) for v in net.inputs}
+    outputs = {v: np.zeros((n, net.nodes[v])) for v in net.outputs}
+    gates = {v: np.zeros(n) for v in list(inputs) + list(outputs)}
+    for k, (i, j) in enumerate(pairs):
+        rows = slice(k * n_items, (k + 1) * n_items)
+        inputs[f"x{i}"][rows] = items[i]
+        outputs[f"y{j}"][rows] = targets[j]
+        gates[f"x{i}"][rows] = 1.0
+        gates[f"y{j}"][rows] = 1.0
+    return gated_data(net, inputs, outputs, node_gates=gates, weights=None if weight is None else np.full(n, weight))
+
+
 @validate_params({"hidden": Integer(low=1), "features": Optional(Array(ndim=2))})
 def routing_task(gate, hidden: int = 64, features=None) -> GatedTask:
     """M input modules -> shared hidden pathway -> M output modules, trained on the pairs flagged by ``gate``.
@@ -149,23 +187,9 @@ def routing_task(gate, hidden: int = 64, features=None) -> GatedTask:
     features = routing_targets() if features is None else features
     m = gate.shape[0]
     n_out, n_items = features.shape
-    nodes = {**{f"x{i}": n_items for i in range(m)}, "h1": hidden, "h2": hidden, **{f"y{j}": n_out for j in range(m)}}
-    edges = {**{f"in{i}": (f"x{i}", "h1") for i in range(m)}, "shared": ("h1", "h2"),
-             **{f"out{j}": ("h2", f"y{j}") for j in range(m)}}
-    net = GDLN(nodes, edges)
-
-    def samples(pairs):
-        n = len(pairs) * n_items
-        inputs = {f"x{i}": np.zeros((n, n_items)) for i in range(m)}
-        targets = {f"y{j}": np.zeros((n, n_out)) for j in range(m)}
-        gates = {v: np.zeros(n) for v in list(inputs) + list(targets)}
-        for k, (i, j) in enumerate(pairs):
-            rows = slice(k * n_items, (k + 1) * n_items)
-            inputs[f"x{i}"][rows] = np.eye(n_items)
-            targets[f"y{j}"][rows] = features.T
-            gates[f"x{i}"][rows] = 1.0
-            gates[f"y{j}"][rows] = 1.0
-        return gated_data(net, inputs, targets, node_gates=gates, weights=np.full(n, 2.0 / (n_items * n_out)))
+    net = routing_network(m, n_items, hidden, n_out)
+    items, targets = [np.eye(n_items)] * m, [features.T] * m
+    samples = lambda pairs: pair_samples(net, pairs, items, targets, weight=2.0 / (n_items * n_out))
 
     trained = [tuple(p) for p in np.argwhere(gate)]
     every = [(i, j) for i in range(m) for j in range(m)]

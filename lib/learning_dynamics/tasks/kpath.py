@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..gated import GDLN, gated_data, side_by_side
+from ..gated import side_by_side
 from ..validation import Array, Integer, validate_params
-from .hierarchy import GatedTask, modes_of
+from .hierarchy import GatedTask, modes_of, pair_samples, routing_network
 
 N_CLASSES = 10
 
@@ -89,22 +89,10 @@ def permuted_task(z_train, y_train, z_test, y_test, gate, *, hidden: int, seed: 
     pixels = np.stack([rng.permutation(d) for _ in range(m)])
     labels = np.stack([rng.permutation(N_CLASSES) for _ in range(m)])
     correlation = np.eye(N_CLASSES)[y_train].T @ z_train / len(y_train)             # Sigma_yx: classes x d
-    nodes = {**{f"x{i}": d for i in range(m)}, "h1": hidden, "h2": hidden, **{f"y{j}": N_CLASSES for j in range(m)}}
-    edges = {**{f"in{i}": (f"x{i}", "h1") for i in range(m)}, "shared": ("h1", "h2"),
-             **{f"out{j}": ("h2", f"y{j}") for j in range(m)}}
-    net = GDLN(nodes, edges)
-    pairs = [tuple(p) for p in np.argwhere(gate)]
-    n = len(pairs) * d
-    inputs = {f"x{i}": np.zeros((n, d)) for i in range(m)}
-    targets = {f"y{j}": np.zeros((n, N_CLASSES)) for j in range(m)}
-    gates = {v: np.zeros(n) for v in list(inputs) + list(targets)}
-    for k, (i, j) in enumerate(pairs):
-        rows = slice(k * d, (k + 1) * d)
-        inputs[f"x{i}"][rows] = np.eye(d)[:, pixels[i]]          # item a: whitened direction a, permuted like z[:, P_i]
-        targets[f"y{j}"][rows] = correlation.T[:, labels[j]]      # its target: column a of Sigma_yx, classes permuted
-        gates[f"x{i}"][rows] = 1.0
-        gates[f"y{j}"][rows] = 1.0
-    data = gated_data(net, inputs, targets, node_gates=gates)
+    net = routing_network(m, d, hidden, N_CLASSES)
+    # item a of pair (i, j): whitened direction a, permuted like z[:, P_i]; its target: column a of Sigma_yx, classes permuted
+    data = pair_samples(net, [tuple(p) for p in np.argwhere(gate)], [np.eye(d)[:, pixels[i]] for i in range(m)],
+                        [correlation.T[:, labels[j]] for j in range(m)])
     u, _, v = modes_of(correlation)
     task = GatedTask(net, data, {f"x{i}": v[pixels[i]] for i in range(m)},           # x_i = z[P_i]: v_i = v[P_i]
                      {f"y{j}": u[labels[j]] for j in range(m)}, trained_groups=gate.ravel().copy())
