@@ -255,6 +255,13 @@ def _gd(device):
                                    device=device)
 
 
+def _activations(device):
+    rng = np.random.default_rng(0)
+    u0, w0 = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
+    return lambda: shallow.activation_runs(u0, w0, ["relu", "sigmoid"], [1.0, -1.0], gamma=1.0, c=1.0, lr=0.01, steps=3,
+                                           device=device)
+
+
 def _tanh(device):
     x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
@@ -333,6 +340,7 @@ RUNNERS = {
     "linear.lambda_grid_runs-aligned-autograd": lambda d: _lambda_grid(d, aligned=True, closed_form=False),
     "linear.width_toy_runs": _width_toy,
     "shallow.gd_runs": _gd,
+    "shallow.activation_runs": _activations,
     "shallow.tanh_runs": _tanh,
     "gated.aligned_runs": _aligned,
     "gated.train_gdln": _gdln,

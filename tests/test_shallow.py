@@ -245,3 +245,38 @@ def test_conserved_drift_matches_the_dense_matrices():
     dense = np.linalg.norm(shallow.conserved(u1, w1, eta_u, eta_w) - shallow.conserved(u0, w0, eta_u, eta_w), axis=(1, 2))
     np.testing.assert_allclose(shallow.conserved_drift(u0, w0, u1, w1, eta_u, eta_w), dense, rtol=1e-12)
     assert shallow.conserved_drift(u0, w0, u0, w0, eta_u, eta_w).max() < 1e-13   # no drift: zero to rounding
+
+
+def test_linear_activation_reproduces_gd_runs():
+    # f = gamma w.sigma(u x) / slope with sigma = identity on data with mean(x^2) = 1 is the network of gd_runs
+    batch = shallow.prototype_inits([6], [1], seed=2).on_clock(2.0)
+    x = shallow.symmetric_line_data(5, seed=1)
+    assert np.mean(x**2) == pytest.approx(1.0) and np.sum(x) == pytest.approx(0.0, abs=1e-12)
+    act = shallow.activation_runs(batch.u0, batch.w0, "linear", x, **batch.hyper(), lr=1e-2, steps=50, record_every=10)
+    gd = shallow.gd_runs(batch.u0, batch.w0, **batch.hyper(), lr=1e-2, steps=50, record_every=10)
+    for key in ("cos", "norm_u", "norm_w"):
+        np.testing.assert_allclose(act.records[key], gd.records[key], rtol=1e-12, atol=1e-14)
+
+
+def test_activation_runs_one_activation_per_network_and_chunks_agree():
+    batch = shallow.prototype_inits([5], [1], seed=0)  # four networks
+    x = shallow.symmetric_line_data(4, seed=0)
+    names = ["relu", "sigmoid", "relu", "swish"]
+    whole = shallow.activation_runs(batch.u0, batch.w0, names, x, **batch.hyper(), lr=1e-2, steps=20, record_every=5)
+    alone = shallow.activation_runs(batch.u0[1:2], batch.w0[1:2], "sigmoid", x,
+                                    **{k: v[1:2] for k, v in batch.hyper().items()}, lr=1e-2, steps=20, record_every=5)
+    np.testing.assert_allclose(whole.records["cos"][:, 1], alone.records["cos"][:, 0], rtol=1e-12)
+    chunked = shallow.activation_runs(batch.u0, batch.w0, names, x, **batch.hyper(), lr=1e-2, steps=20, record_every=5,
+                                      chunks=2)
+    np.testing.assert_allclose(chunked.records["cos"], whole.records["cos"], rtol=1e-12)
+    with pytest.raises(ValueError, match="activations must be one of"):
+        shallow.activation_runs(batch.u0, batch.w0, ["relu", "tanh", "relu", "relu"], x, **batch.hyper(), lr=1e-2, steps=2)
+
+
+def test_inits_select_keeps_the_flagged_networks():
+    batch = shallow.prototype_inits([4, 8], [1], seed=0)
+    picked = batch.select(batch.mask("disalignment"))
+    assert set(picked.label) == {"disalignment"} and len(picked) == 2
+    np.testing.assert_array_equal(picked.u0, batch.u0[batch.mask("disalignment")])
+    with pytest.raises(ValueError, match="mask"):
+        batch.select(np.zeros(len(batch), dtype=bool))

@@ -466,6 +466,14 @@ class Inits:
         """Boolean mask of the networks with this label."""
         return np.array([lab == label for lab in self.label])
 
+    def select(self, mask):
+        """The networks flagged by a boolean ``mask`` (for example ``mask("alignment")``), in order."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (len(self),) or not mask.any():
+            raise ValueError(f"mask must flag at least one of the {len(self)} networks; got {value_text(mask)}")
+        return Inits(self.u0[mask], self.w0[mask], *(getattr(self, f)[mask] for f in ("gamma", "c", "eta_u", "eta_w", "width")),
+                     tuple(np.array(self.label, dtype=object)[mask]))
+
     def on_clock(self, ntk):
         """The same networks with both learning rates scaled so that max(K(0), K(inf)) = ``ntk``.
 
@@ -657,6 +665,96 @@ def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1
                    record=record, record_every=record_every, desc=desc)
     result.final = {"u": (result.params["U"] * root_u).cpu().numpy(), "w": (result.params["W"] * root_w).cpu().numpy()}
     return result
+
+
+# ---------------------------------------------------------------------------
+# The paper's Fig. 1: the same 1-D network with a nonlinear activation
+# ---------------------------------------------------------------------------
+
+# name -> (sigma, slope of its odd part at 0). On data symmetric in x the
+# network f(x) = gamma w.sigma(u x) / slope is, for small pre-activations, the
+# linear network gamma u.w x: relu(z) = z / 2 + |z| / 2, swish(z) = z / 2 + O(z^2).
+ACTIVATIONS = {
+    "linear": (lambda z: z, 1.0),
+    "relu": (torch.relu, 0.5),
+    "leaky_relu": (torch.nn.functional.leaky_relu, (1.0 + 0.01) / 2),
+    "swish": (torch.nn.functional.silu, 0.5),
+    "sigmoid": (torch.sigmoid, 0.25),
+}
+
+
+@validate_params({"n_samples": Integer(low=1), "seed": Seed()})
+def symmetric_line_data(n_samples, seed=0) -> np.ndarray:
+    """1-D inputs x and -x for ``n_samples`` standard normal draws, scaled to mean(x^2) = 1 (targets y = c x).
+
+    With E[x^2] = 1 the linear network's loss is (F - c)^2 / 2 up to a constant, as in :func:`network_loss`;
+    the symmetry makes every even part of an activation orthogonal to the target.
+    """
+    x = np.random.default_rng(seed).standard_normal(n_samples)
+    x = np.concatenate([x, -x])
+    return x / np.sqrt(np.mean(x**2))
+
+
+def activation_loss(params, x, gamma_k, c, root_u, root_w, groups):
+    """Loss mean_n (f(x_n) - c x_n)^2 / 2 of stacked networks f(x) = gamma w.sigma(u x) / slope, in U, W.
+
+    ``groups`` maps an activation name to its networks (a slice or an index); gamma_k is gamma / slope.
+    """
+    u, w = params["U"] * root_u, params["W"] * root_w
+    pre = u[..., None] * x[:, None, :]                                    # (n, d, samples)
+    hidden = torch.empty_like(pre)
+    for name, index in groups.items():
+        hidden[index] = ACTIVATIONS[name][0](pre[index])
+    f = gamma_k[:, None] * (hidden * w[..., None]).sum(-2)
+    return 0.5 * ((f - c[:, None] * x) ** 2).mean(-1)
+
+
+@validate_params({**_INIT, **_HYPER, "x": Array(ndim=1), "lr": _RATE, "steps": Integer(low=1),
+                  "record_every": Integer(low=1), "device": Device(), "chunks": Optional(Integer(low=1))})
+def activation_runs(u0, w0, activations, x, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1, device="cpu",
+                    client=None, chunks=None):
+    """Full-batch GD of f(x) = gamma w.sigma(u x) / slope (:data:`ACTIVATIONS`) on inputs x, targets c x.
+
+    One network per row of u0, w0, with ``activations`` naming each one's sigma (one name for all).
+    The layer-wise rates and the clock t = lr x step are those of :func:`gd_runs`, which the ``linear``
+    activation reproduces on data with mean(x^2) = 1 (test). Records ``cos``, ``norm_u``, ``norm_w`` and the loss.
+    With a ``client`` or ``chunks`` the networks run in chunks (:func:`learning_dynamics.sweep.map_runs`), as in
+    :func:`gd_runs`. The paper's Fig. 1 (three_mechanisms chapter, fig-three-mechanisms-activations).
+    """
+    u0, w0 = _init_vectors(u0, w0)
+    n = u0.shape[0]
+    names = [activations] * n if isinstance(activations, str) else list(activations)
+    unknown = sorted(set(names) - set(ACTIVATIONS))
+    if len(names) != n or unknown:
+        raise ValueError(f"activations must be one of {sorted(ACTIVATIONS)} or {n} of them (one per network); "
+                         f"got {value_text(activations)}")
+    if client or chunks is not None:
+        hyper = [np.broadcast_to(h, (n,)) for h in _hyper(gamma, c, eta_u, eta_w)]
+
+        def part(index):
+            g, cc, eu, ew = (h[index] for h in hyper)
+            return activation_runs(u0[index], w0[index], [names[i] for i in index], x, gamma=g, c=cc, eta_u=eu, eta_w=ew,
+                                   lr=lr, steps=steps, record_every=record_every, device=device)
+        return sweep.map_runs(part, n, client=client, chunks=chunks, desc="GD, 1-D net with activations")
+    groups = {}
+    for a in dict.fromkeys(names):
+        index = [i for i, b in enumerate(names) if b == a]
+        contiguous = index == list(range(index[0], index[-1] + 1))
+        groups[a] = slice(index[0], index[-1] + 1) if contiguous else torch.as_tensor(index, device=device)
+    slope = torch.as_tensor([ACTIVATIONS[a][1] for a in names], dtype=torch.float64, device=device)
+    gamma, c, eta_u, eta_w = (torch.as_tensor(np.broadcast_to(v, (n,)).copy(), device=device)
+                              for v in _hyper(gamma, c, eta_u, eta_w))
+    root_u, root_w = eta_u.sqrt()[:, None], eta_w.sqrt()[:, None]
+    params = {"U": torch.as_tensor(u0, device=device) / root_u, "W": torch.as_tensor(w0, device=device) / root_w}
+    x = torch.as_tensor(x, dtype=torch.float64, device=device)
+
+    def record(p):
+        u, w = p["U"] * root_u, p["W"] * root_w
+        return {"cos": (u * w).sum(-1) / (u.norm(dim=-1) * w.norm(dim=-1)), "norm_u": u.norm(dim=-1), "norm_w": w.norm(dim=-1)}
+
+    loss = lambda p, *batch: activation_loss(p, *batch, groups)  # noqa: E731
+    return train(loss, params, data=(x.expand(n, -1), gamma / slope, c, root_u, root_w), steps=steps, lr=lr,
+                 record=record, record_every=record_every, desc="GD, 1-D net with activations")
 
 
 # ---------------------------------------------------------------------------

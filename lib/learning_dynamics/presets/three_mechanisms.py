@@ -16,6 +16,12 @@ class ThreeMechanisms(ChapterPreset):
     clock_ntk: float = param(2.0, low=0.0, strict_low=True, help="learning rates are scaled so that max(K0, K_inf) = this")
     records: int = param(100, low=2, help="recorded points per trajectory")
     n_seeds: int = param(4, low=1, help="GD seeds per width in the width-scaling runs")
+    # The paper's Fig. 1: the alignment and disalignment prototypes with nonlinear activations (shallow.ACTIVATIONS)
+    act_width: int = param(100, low=2, help="width d of the activation runs")
+    act_draws: int = param(16, low=1, help="standard normal inputs x of the activation runs (the data are x and -x)")
+    act_seeds: int = param(3, low=1, help="prototype draws per activation and setting")
+    act_lr: float = param(0.01, low=0.0, strict_low=True, high=0.01, help="GD step of the activation runs")
+    act_horizon: float = param(20.0, low=0.0, strict_low=True, help="training time of the activation runs (steps = T / act_lr)")
     # Width scaling (closed form)
     theory_seeds: int = param(1024, low=2, help="random inits averaged per width on the closed-form scaling curves")
     theory_max_width: int = param(1000000, low=10000, help="largest width of the closed-form scaling curves")
@@ -38,7 +44,9 @@ class ThreeMechanisms(ChapterPreset):
         d_max = max(self.widths + self.rescaling_widths + (self.probe_width,))
         width_field = max(("widths", "rescaling_widths", "probe_width"),
                           key=lambda f: max(getattr(self, f)) if f != "probe_width" else self.probe_width)
+        act_networks = 2 * self.act_seeds * 5  # two settings x five activations
         return {width_field: 12 * 8.0 * n_gd * d_max, "diagram_width": 8 * 8.0 * self.diagram_width,
+                "act_width": 12 * 8.0 * act_networks * self.act_width * 2 * self.act_draws,
                 "digits_width": 3 * 8 * 8.0 * self.digits_samples * self.digits_width}
 
 
@@ -58,11 +66,11 @@ register(
     # net keeps the book's data and width (at width 32 on 128 images its disalignment ranged -0.09 to -0.30 over seeds
     # 0-9, at width 64 on 256 images -0.34 to -0.46) and trains to t = 100 with steps of 1.
     smoke=dict(widths=(10, 100), rescaling_widths=(1, 100), lr=0.01, horizon=8.0, records=50, n_seeds=2, theory_seeds=256,
-               grid_points=21, probe_width=100, digits_lr=1.0, digits_steps=100),
+               grid_points=21, probe_width=100, digits_lr=1.0, digits_steps=100, act_seeds=2, act_horizon=8.0),
     book=dict(),
     paper=dict(widths=(10, 100, 1000, 10000), rescaling_widths=(1, 10, 10000), n_seeds=8, theory_seeds=4096,
                theory_max_width=100000000, grid_points=201, diagram_width=100000, probe_width=10000,
-               digits_samples=1500, digits_width=256, digits_steps=5000),
+               digits_samples=1500, digits_width=256, digits_steps=5000, act_width=1000, act_draws=64, act_seeds=8),
     paper_source=PAPER,
     paper_note=PAPER_NOTE,
 )
