@@ -574,8 +574,10 @@ def exponent_diagram(a, b, width, *, e=0.0, c=1.0, seed=0):
     one Gaussian draw of (u0, w0) shared by every grid point (common random
     numbers). ``a``, ``b`` and ``e`` broadcast. Returns
     :func:`mechanism_stats` of :func:`final_state` (t = 0 against
-    t = infinity), plus ``kappa`` = K0 / (2 sqrt(eta_u eta_w) gamma |c|).
-    The kernel regime is kappa >> 1, i.e. a + b < 1 + |e| / 2.
+    t = infinity), plus ``kappa`` = K0 / (2 sqrt(eta_u eta_w) gamma |c|) and
+    ``hidden_norm_change`` = | |u_inf| / |u_0| - 1 |, the relative change of the
+    first layer (the hidden representation u x). The kernel regime is
+    kappa >> 1, i.e. a + b < 1 + |e| / 2.
     """
     e = np.asarray(e, dtype=np.float64)  # the default too
     uu, ww, uw, cross = (x[0] for x in gaussian_overlaps([width], 1, seed))
@@ -584,6 +586,7 @@ def exponent_diagram(a, b, width, *, e=0.0, c=1.0, seed=0):
     end = final_state(var * uu, var * ww, var * uw, var * cross, gamma=gamma, c=c, eta_u=eta_u, eta_w=eta_w)
     stats = mechanism_stats(end)
     stats["kappa"] = end["ntk"][..., 0] / (2 * gamma * np.abs(c))
+    stats["hidden_norm_change"] = np.abs(end["norm_u"][..., -1] / end["norm_u"][..., 0] - 1)
     return stats
 
 
