@@ -9,6 +9,9 @@
 - GD: the chapter's networks (zero-padded to one width) in ONE batched
   ``train`` run (``shallow.gd_runs``), against ``train.train_loop``, plain
   autograd one network at a time; the loop runs on a subset and is scaled.
+- Activations (the paper's Fig. 1): the chapter's networks, five activations
+  x two prototypes x draws, in ONE ``shallow.activation_runs`` call, against
+  one call per network; the loop runs on a subset and is scaled.
 """
 
 from __future__ import annotations
@@ -83,9 +86,30 @@ def _gd_row(cfg) -> dict:
                      f"{LOOP_GD} networks and scaled x{len(batch) / LOOP_GD:.3g}")
 
 
+def _activation_row(cfg) -> dict:
+    drawn = shallow.Inits.concat([shallow.prototype_inits([cfg.act_width], [1], seed=k) for k in range(cfg.act_seeds)])
+    inits = drawn.select(drawn.mask("alignment") | drawn.mask("disalignment")).on_clock(cfg.clock_ntk)
+    names = list(np.repeat(list(shallow.ACTIVATIONS), len(inits)))
+    batch = shallow.Inits.concat([inits] * len(shallow.ACTIVATIONS))
+    x, steps = shallow.symmetric_line_data(cfg.act_draws, seed=0), round(cfg.act_horizon / cfg.act_lr)
+    start = time.perf_counter()
+    shallow.activation_runs(batch.u0, batch.w0, names, x, **batch.hyper(), lr=cfg.act_lr, steps=steps, record_every=steps)
+    batched = time.perf_counter() - start
+    picks = np.linspace(0, len(batch) - 1, LOOP_GD).astype(int)
+    hyper = batch.hyper()
+    start = time.perf_counter()
+    for i in picks:
+        shallow.activation_runs(batch.u0[i:i + 1], batch.w0[i:i + 1], names[i], x, **{k: v[i:i + 1] for k, v in hyper.items()},
+                                lr=cfg.act_lr, steps=steps, record_every=steps)
+    loop = (time.perf_counter() - start) * len(batch) / LOOP_GD
+    return dict(benchmark="three_mechanisms: GD with five activations (Fig. 1)", batched_s=batched, loop_s=loop,
+                ratio=loop / batched, note=f"{len(batch)} networks of width {cfg.act_width} x {steps} GD steps; loop timed on "
+                                           f"{LOOP_GD} networks and scaled x{len(batch) / LOOP_GD:.3g}")
+
+
 def rows() -> list[dict]:
     cfg = presets.resolve("three_mechanisms", "book")
-    return _closed_form_rows(cfg) + [_gd_row(cfg)]
+    return _closed_form_rows(cfg) + [_gd_row(cfg), _activation_row(cfg)]
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ SCALED = {
     "kpflow": ("steps", "mt_steps"),
     "neural_race": ("saxe_steps", "xor_steps", "race_steps", "routing_epochs", "gen_epochs", "km_epochs", "kpath_steps"),
     "spring_block": ("steps", "chain_steps", "sde_steps"),
-    "three_mechanisms": ("digits_steps",),
+    "three_mechanisms": ("digits_steps", "deep_steps"),
 }
 # Fields named like step counts that a slice keeps at the paper's value, and why.
 KEPT = {

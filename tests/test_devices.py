@@ -262,6 +262,12 @@ def _activations(device):
                                            device=device)
 
 
+def _deep(device):
+    params, gamma, _ = shallow.deep_inits([0.5], [1.0], 2, n_in=4, width=3, depth=3, seed=0, device=device)
+    x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return lambda: shallow.deep_runs(params, gamma, x.to(device), torch.sign(x[:, 0]).to(device), lr=0.01, steps=3, n_probe=3)
+
+
 def _tanh(device):
     x = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
@@ -341,6 +347,7 @@ RUNNERS = {
     "linear.width_toy_runs": _width_toy,
     "shallow.gd_runs": _gd,
     "shallow.activation_runs": _activations,
+    "shallow.deep_runs": _deep,
     "shallow.tanh_runs": _tanh,
     "gated.aligned_runs": _aligned,
     "gated.train_gdln": _gdln,

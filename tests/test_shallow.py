@@ -280,3 +280,33 @@ def test_inits_select_keeps_the_flagged_networks():
     np.testing.assert_array_equal(picked.u0, batch.u0[batch.mask("disalignment")])
     with pytest.raises(ValueError, match="mask"):
         batch.select(np.zeros(len(batch), dtype=bool))
+
+
+def test_deep_forward_stacked_equals_one_network_and_ntk_trace_matches_autograd():
+    params, gamma, _ = shallow.deep_inits([0.5, 1.0], [1.0], 1, n_in=5, width=4, depth=3, seed=0)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    stacked = shallow.deep_forward(params, x, gamma)
+    for i in range(2):
+        one = shallow.deep_forward({k: v[i] for k, v in params.items()}, x, gamma[i])
+        np.testing.assert_allclose(stacked[i].numpy(), one.numpy(), rtol=1e-13)
+    expected = []
+    for i in range(2):
+        p = {k: v[i].clone().requires_grad_() for k, v in params.items()}
+        total = 0.0
+        for n in range(len(x)):
+            grads = torch.autograd.grad(shallow.deep_forward(p, x[n:n + 1], gamma[i])[0], list(p.values()))
+            total += sum(float((g**2).sum()) for g in grads)
+        expected.append(total / len(x))
+    np.testing.assert_allclose(shallow.ntk_trace(params, x, gamma).numpy(), expected, rtol=1e-12)
+
+
+def test_deep_runs_chunks_agree_and_grid_is_a_major():
+    params, gamma, sigma = shallow.deep_inits([0.0, 1.0], [0.5, 2.0], 2, n_in=4, width=3, depth=3, seed=0)
+    assert gamma.tolist() == [1.0] * 4 + [1 / 3] * 4 and sigma.tolist() == [0.5, 0.5, 2.0, 2.0] * 2
+    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.sign(x[:, 0])
+    whole = shallow.deep_runs(params, gamma, x, y, lr=0.05, steps=20, record_every=10, n_probe=5)
+    chunked = shallow.deep_runs(params, gamma, x, y, lr=0.05, steps=20, record_every=10, n_probe=5, chunks=3)
+    np.testing.assert_allclose(chunked.records["cos"], whole.records["cos"], rtol=1e-12)
+    np.testing.assert_allclose(chunked.final["ntk"], whole.final["ntk"], rtol=1e-12)
+    assert whole.final["ntk"].shape == (8, 2) and whole.final["output_rms"].shape == (8,)

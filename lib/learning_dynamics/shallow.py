@@ -864,3 +864,86 @@ def tanh_runs(x, y, width, *, lr, steps, record_every=1, seed=0, device="cpu"):
                    desc="tanh net on digits")
     result.times = result.steps * lr  # the settings' rates are lr x their scale
     return result
+
+
+# ---------------------------------------------------------------------------
+# A deep nonlinear network on digits, over output scale and init scale
+# ---------------------------------------------------------------------------
+
+
+def deep_forward(params, x, gamma):
+    """f(x) = gamma w . h_L with h_l = tanh(W_l h_{l-1} / sqrt(fan_in)) and h_0 = x; one network or stacked ones."""
+    h = x
+    for layer in range(sum(1 for name in params if name.startswith("W"))):
+        h = torch.tanh(h @ params[f"W{layer}"].transpose(-1, -2) / h.shape[-1] ** 0.5)
+    return torch.as_tensor(gamma).unsqueeze(-1) * (h @ params["w"].unsqueeze(-1)).squeeze(-1)
+
+
+def deep_loss(params, x, y, gamma):
+    """mean (f - y)^2 / 2 of :func:`deep_forward`, per network."""
+    return 0.5 * ((deep_forward(params, x, gamma) - y) ** 2).mean(-1)
+
+
+def ntk_trace(params, x, gamma) -> torch.Tensor:
+    """The NTK's mean diagonal, mean_n |df(x_n)/dtheta|^2, of every stacked :func:`deep_forward` network: shape (n,)."""
+    from torch.func import grad, vmap
+
+    one = lambda p, xn, g: deep_forward(p, xn[None], g)[0]  # noqa: E731
+    per_sample = vmap(vmap(grad(one), in_dims=(None, 0, None)), in_dims=(0, None, 0))(params, x, gamma)
+    return sum((g**2).flatten(2).sum(-1) for g in per_sample.values()).mean(-1)
+
+
+@validate_params({"output_exponents": Array(ndim=1), "init_scales": Array(ndim=1, positive=True), "n_seeds": Integer(low=1),
+                  "n_in": Integer(low=1), "width": Integer(low=1), "depth": Integer(low=1), "seed": Seed(), "device": Device()})
+def deep_inits(output_exponents, init_scales, n_seeds, *, n_in, width, depth, seed=0, device="cpu"):
+    """Stacked deep tanh networks on the grid (a, sigma, seed), a-major: weights sigma x N(0, 1), gamma = width^-a.
+
+    Returns (params, gamma, sigma), one row per network.
+    """
+    a, sigma, _ = (g.ravel() for g in np.meshgrid(output_exponents, init_scales, np.arange(n_seeds), indexing="ij"))
+    n, gen = len(a), check_generator(seed)
+    scale = torch.as_tensor(sigma, dtype=torch.float64)
+    normal = lambda *shape: torch.randn(n, *shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    params = {f"W{layer}": normal(width, n_in if layer == 0 else width) for layer in range(depth)}
+    params["w"] = normal(width)
+    params = {k: (v * scale.reshape((n,) + (1,) * (v.ndim - 1))).to(device) for k, v in params.items()}
+    return params, torch.as_tensor(float(width) ** -a, dtype=torch.float64, device=device), scale.to(device)
+
+
+@validate_params({"params": InstanceOf(dict, description="a dict of stacked tensors (deep_inits)"), "lr": _RATE,
+                  "steps": Integer(low=1), "record_every": Integer(low=1), "n_probe": Integer(low=1),
+                  "chunks": Optional(Integer(low=1))})
+def deep_runs(params, gamma, x, y, *, lr, steps, record_every=1, n_probe=64, client=None, chunks=None):
+    """Full-batch GD of stacked :func:`deep_forward` networks; network i steps lr / (gamma_i^2 width).
+
+    The step keeps the NTK's scale the same at every output scale (it is lr at the NTK scaling gamma = width^-1/2).
+    Records ``cos`` (:func:`layer_alignment` of the last hidden layer and the read-out), the norm of every
+    layer (``norm_W0``, ..., ``norm_w``) and the loss; ``final`` holds ``ntk`` (:func:`ntk_trace` on the first
+    ``n_probe`` samples) at the start and the end, shape (networks, 2), and ``output_rms`` at the start.
+    With a ``client`` or ``chunks``, chunks of networks (:func:`learning_dynamics.sweep.map_runs`).
+    three_mechanisms chapter, fig-three-mechanisms-deep.
+    """
+    n = gamma.shape[0]
+    if client or chunks is not None:
+        def part(index):
+            idx = torch.as_tensor(index)
+            return deep_runs({k: v[idx] for k, v in params.items()}, gamma[idx], x, y, lr=lr, steps=steps,
+                             record_every=record_every, n_probe=n_probe)
+        return sweep.map_runs(part, n, client=client, chunks=chunks, desc="deep tanh nets on digits")
+    device = gamma.device
+    x, y = torch.as_tensor(x, dtype=torch.float64, device=device), torch.as_tensor(y, dtype=torch.float64, device=device)
+    width = params["w"].shape[-1]
+    last = f"W{sum(1 for k in params if k.startswith('W')) - 1}"
+
+    def record(p):
+        return {"cos": layer_alignment(p[last], p["w"]), **{f"norm_{k}": v.flatten(1).norm(dim=-1) for k, v in p.items()}}
+
+    probe = x[:n_probe]
+    ntk0 = ntk_trace(params, probe, gamma)
+    rms0 = deep_forward(params, x, gamma).pow(2).mean(-1).sqrt()
+    run = train(deep_loss, params, data=(x.expand(n, *x.shape), y.expand(n, *y.shape), gamma), steps=steps,
+                lr=lr / (gamma**2 * width), record=record, record_every=record_every, desc="deep tanh nets on digits")
+    run.times = run.steps * lr
+    run.final = {"ntk": torch.stack([ntk0, ntk_trace(run.params, probe, gamma)], -1).cpu().numpy(),
+                 "output_rms": rms0.cpu().numpy()}
+    return run

@@ -36,6 +36,17 @@ class ThreeMechanisms(ChapterPreset):
     digits_lr: float = param(0.3, low=0.0, strict_low=True, help="GD step of the tanh network (x d in the mean-field setting)")
     digits_steps: int = param(2000, low=1, help="GD steps of the tanh network")
 
+    # A deep tanh network on digits over output scale gamma = width^-a and init scale sigma (shallow.deep_runs)
+    deep_output_exponents: tuple = param((0.0, 0.5, 1.0), items=Real(), min_len=2, help="output-scale exponents a of the deep grid")
+    deep_init_scales: tuple = param((0.3, 1.0, 2.0), items=Real(low=0.0, strict_low=True), min_len=2,
+                                    help="init scales sigma of the deep grid (weights sigma x N(0, 1))")
+    deep_width: int = param(32, low=2, help="width of every hidden layer of the deep network")
+    deep_depth: int = param(3, low=3, help="hidden layers of the deep network")
+    deep_samples: int = param(128, low=20, high=1787, help="training images of the deep network")
+    deep_seeds: int = param(2, low=1, help="random initialisations per grid point of the deep network")
+    deep_lr: float = param(0.3, low=0.0, strict_low=True, help="GD step of the deep network (each network steps lr / (gamma^2 width))")
+    deep_steps: int = param(1000, low=1, help="full-batch GD steps of the deep network")
+
     def memory_needs(self) -> dict[str, float]:
         # float64 (networks, d_max) weight vectors of the GD batch (prototypes, NTK and mean-field seeds, probes), with
         # gradients and records; the mean-field network of width diagram_width; the tanh net's (samples, width) layers
@@ -47,6 +58,7 @@ class ThreeMechanisms(ChapterPreset):
         act_networks = 2 * self.act_seeds * 5  # two settings x five activations
         return {width_field: 12 * 8.0 * n_gd * d_max, "diagram_width": 8 * 8.0 * self.diagram_width,
                 "act_width": 12 * 8.0 * act_networks * self.act_width * 2 * self.act_draws,
+                "deep_width": 16 * 8.0 * len(self.deep_output_exponents) * len(self.deep_init_scales) * self.deep_seeds * self.deep_samples * self.deep_width * self.deep_depth,
                 "digits_width": 3 * 8 * 8.0 * self.digits_samples * self.digits_width}
 
 
@@ -66,11 +78,13 @@ register(
     # net keeps the book's data and width (at width 32 on 128 images its disalignment ranged -0.09 to -0.30 over seeds
     # 0-9, at width 64 on 256 images -0.34 to -0.46) and trains to t = 100 with steps of 1.
     smoke=dict(widths=(10, 100), rescaling_widths=(1, 100), lr=0.01, horizon=8.0, records=50, n_seeds=2, theory_seeds=256,
-               grid_points=21, probe_width=100, digits_lr=1.0, digits_steps=100, act_seeds=2, act_horizon=8.0),
+               grid_points=21, probe_width=100, digits_lr=1.0, digits_steps=100, act_seeds=2, act_horizon=8.0,
+               deep_seeds=1, deep_steps=400, deep_lr=0.5),
     book=dict(),
     paper=dict(widths=(10, 100, 1000, 10000), rescaling_widths=(1, 10, 10000), n_seeds=8, theory_seeds=4096,
                theory_max_width=100000000, grid_points=201, diagram_width=100000, probe_width=10000,
-               digits_samples=1500, digits_width=256, digits_steps=5000, act_width=1000, act_draws=64, act_seeds=8),
+               digits_samples=1500, digits_width=256, digits_steps=5000, act_width=1000, act_draws=64, act_seeds=8,
+               deep_width=64, deep_samples=1500, deep_seeds=5, deep_steps=3000, deep_lr=0.2),
     paper_source=PAPER,
     paper_note=PAPER_NOTE,
 )
