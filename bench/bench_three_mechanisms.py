@@ -90,10 +90,7 @@ def _gd_row(cfg) -> dict:
 
 
 def _activation_row(cfg) -> dict:
-    drawn = shallow.Inits.concat([shallow.prototype_inits([cfg.act_width], [1], seed=k) for k in range(cfg.act_seeds)])
-    inits = drawn.select(drawn.mask("alignment") | drawn.mask("disalignment")).on_clock(cfg.clock_ntk)
-    names = list(np.repeat(list(shallow.ACTIVATIONS), len(inits)))
-    batch = shallow.Inits.concat([inits] * len(shallow.ACTIVATIONS))
+    _, batch, names = shallow.activation_batch(cfg.act_width, cfg.act_seeds, seed=0, clock_ntk=cfg.clock_ntk)
     x, steps = shallow.symmetric_line_data(cfg.act_draws, seed=0), round(cfg.act_horizon / cfg.act_lr)
     start = time.perf_counter()
     shallow.activation_runs(batch.u0, batch.w0, names, x, **batch.hyper(), lr=cfg.act_lr, steps=steps, record_every=steps)

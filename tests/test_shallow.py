@@ -310,3 +310,11 @@ def test_deep_runs_chunks_agree_and_grid_is_a_major():
     np.testing.assert_allclose(chunked.records["cos"], whole.records["cos"], rtol=1e-12)
     np.testing.assert_allclose(chunked.final["ntk"], whole.final["ntk"], rtol=1e-12)
     assert whole.final["ntk"].shape == (8, 2) and whole.final["output_rms"].shape == (8,)
+
+
+def test_activation_batch_is_activation_major():
+    inits, batch, names = shallow.activation_batch(5, 2, seed=3, clock_ntk=2.0)
+    assert list(inits.label) == ["alignment", "disalignment"] * 2
+    assert len(batch) == len(names) == len(inits) * len(shallow.ACTIVATIONS)
+    assert names[:len(inits)] == ["linear"] * len(inits) and names[-1] == "sigmoid"
+    np.testing.assert_array_equal(batch.u0[-len(inits):], inits.u0)

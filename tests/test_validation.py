@@ -387,6 +387,7 @@ def _shallow(name):
         "activation_runs": lambda: dict(u0=u0, w0=w0, activations="relu", x=[1.0, -1.0], **hyper, lr=0.01, steps=2,
                                         record_every=1, device="cpu", chunks=None),
         "symmetric_line_data": lambda: dict(n_samples=3, seed=0),
+        "activation_batch": lambda: dict(width=3, n_draws=1, seed=0, clock_ntk=2.0),
         "deep_inits": lambda: dict(output_exponents=[0.5], init_scales=[1.0], n_seeds=1, n_in=4, width=3, depth=3, seed=0,
                                    device="cpu"),
         "deep_runs": lambda: dict(params=shallow.deep_inits([0.5], [1.0], 1, n_in=4, width=3, depth=3)[0],
@@ -491,7 +492,7 @@ VALID = {
                                    depth=1, steps=1, lr=1e-3, dropout=0.0, data_noise=0.0, seed=0, dtype=torch.float32,
                                    device="cpu"),
     **{f"shallow.{name}": functools.partial(_shallow, name) for name in (
-        "activation_runs", "classify", "clear_of_kernel_threshold", "deep_inits", "deep_runs", "conserved", "conserved_drift", "digit_parity_data", "exponent_diagram", "final_state",
+        "activation_batch", "activation_runs", "classify", "clear_of_kernel_threshold", "deep_inits", "deep_runs", "conserved", "conserved_drift", "digit_parity_data", "exponent_diagram", "final_state",
         "gaussian_init", "gaussian_overlaps", "gd_runs", "integrate_flow", "kernel_ratio", "mechanism_map",
         "mechanism_stats", "observables_of_weights", "overlaps", "power_law_exponent", "prototype_inits", "scaled_inits",
         "solve", "solve_overlaps", "symmetric_line_data", "tanh_inits", "tanh_runs", "weights")},

@@ -627,6 +627,18 @@ def network_loss(params, gamma_k, c):
     return 0.5 * (f - c) ** 2
 
 
+def _map_networks(run_part, n, hyper, client, chunks, desc):
+    """A 1-D network runner in chunks of networks (:func:`learning_dynamics.sweep.map_runs`).
+
+    ``run_part(index, hyper)`` trains the networks ``index`` with their rows of (gamma, c, eta_u, eta_w) as keywords.
+    """
+    rows = [np.broadcast_to(h, (n,)) for h in _hyper(*hyper)]
+
+    def part(index):
+        return run_part(index, dict(zip(("gamma", "c", "eta_u", "eta_w"), (h[index] for h in rows))))
+    return sweep.map_runs(part, n, client=client, chunks=chunks, desc=desc)
+
+
 @validate_params({**_INIT, **_HYPER, "lr": _RATE, "steps": Integer(low=1), "record_every": Integer(low=1), "device": Device(),
                   "desc": InstanceOf(str), "chunks": Optional(Integer(low=1))})
 def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1, device="cpu", desc="GD, 1-D linear net",
@@ -646,13 +658,9 @@ def gd_runs(u0, w0, *, gamma, c, eta_u=1.0, eta_w=1.0, lr, steps, record_every=1
         raise ValueError(f"u0 and w0 must have shape (networks, width); got {u0.shape}")
     n = u0.shape[0]
     if client or chunks is not None:
-        hyper = [np.broadcast_to(h, (n,)) for h in _hyper(gamma, c, eta_u, eta_w)]
-
-        def part(index):
-            g, cc, eu, ew = (h[index] for h in hyper)
-            return gd_runs(u0[index], w0[index], gamma=g, c=cc, eta_u=eu, eta_w=ew, lr=lr, steps=steps,
-                           record_every=record_every, device=device, desc=desc)
-        return sweep.map_runs(part, n, client=client, chunks=chunks, desc=desc)
+        return _map_networks(lambda i, hyper: gd_runs(u0[i], w0[i], **hyper, lr=lr, steps=steps, record_every=record_every,
+                                                      device=device, desc=desc),
+                             n, (gamma, c, eta_u, eta_w), client, chunks, desc)
     gamma, c, eta_u, eta_w = (torch.as_tensor(np.broadcast_to(x, (n,)).copy(), device=device)
                               for x in _hyper(gamma, c, eta_u, eta_w))
     root_u, root_w = eta_u.sqrt()[:, None], eta_w.sqrt()[:, None]
@@ -698,6 +706,21 @@ def symmetric_line_data(n_samples, seed=0) -> np.ndarray:
     return x / np.sqrt(np.mean(x**2))
 
 
+@validate_params({"width": Integer(low=2), "n_draws": Integer(low=1), "seed": Integer(low=0), "clock_ntk": _RATE})
+def activation_batch(width, n_draws, *, seed, clock_ntk):
+    """The networks of the paper's Fig. 1: (inits, batch, names).
+
+    ``inits`` holds the alignment and disalignment prototypes (:func:`prototype_inits`) of ``n_draws`` draws
+    (seeds seed, seed + 1, ...) on the clock ``clock_ntk`` (:meth:`Inits.on_clock`); ``batch`` repeats them once per
+    activation of :data:`ACTIVATIONS` (activation-major) and ``names`` gives each network's activation, ready for
+    :func:`activation_runs`.
+    """
+    drawn = Inits.concat([prototype_inits([width], [1], seed=seed + k) for k in range(n_draws)])
+    inits = drawn.select(drawn.mask("alignment") | drawn.mask("disalignment")).on_clock(clock_ntk)
+    names = [a for a in ACTIVATIONS for _ in range(len(inits))]
+    return inits, Inits.concat([inits] * len(ACTIVATIONS)), names
+
+
 def activation_loss(params, x, gamma_k, c, root_u, root_w, groups):
     """Loss mean_n (f(x_n) - c x_n)^2 / 2 of stacked networks f(x) = gamma w.sigma(u x) / slope, in U, W.
 
@@ -732,13 +755,9 @@ def activation_runs(u0, w0, activations, x, *, gamma, c, eta_u=1.0, eta_w=1.0, l
         raise ValueError(f"activations must be one of {sorted(ACTIVATIONS)} or {n} of them (one per network); "
                          f"got {value_text(activations)}")
     if client or chunks is not None:
-        hyper = [np.broadcast_to(h, (n,)) for h in _hyper(gamma, c, eta_u, eta_w)]
-
-        def part(index):
-            g, cc, eu, ew = (h[index] for h in hyper)
-            return activation_runs(u0[index], w0[index], [names[i] for i in index], x, gamma=g, c=cc, eta_u=eu, eta_w=ew,
-                                   lr=lr, steps=steps, record_every=record_every, device=device)
-        return sweep.map_runs(part, n, client=client, chunks=chunks, desc="GD, 1-D net with activations")
+        return _map_networks(lambda i, hyper: activation_runs(u0[i], w0[i], [names[k] for k in i], x, **hyper, lr=lr, steps=steps,
+                                                              record_every=record_every, device=device),
+                             n, (gamma, c, eta_u, eta_w), client, chunks, "GD, 1-D net with activations")
     groups = {}
     for a in dict.fromkeys(names):
         index = [i for i, b in enumerate(names) if b == a]

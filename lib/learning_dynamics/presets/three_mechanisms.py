@@ -55,10 +55,11 @@ class ThreeMechanisms(ChapterPreset):
         d_max = max(self.widths + self.rescaling_widths + (self.probe_width,))
         width_field = max(("widths", "rescaling_widths", "probe_width"),
                           key=lambda f: max(getattr(self, f)) if f != "probe_width" else self.probe_width)
-        act_networks = 2 * self.act_seeds * 5  # two settings x five activations
+        act_networks = 2 * self.act_seeds * 5  # two settings x the five of shallow.ACTIVATIONS
         return {width_field: 12 * 8.0 * n_gd * d_max, "diagram_width": 8 * 8.0 * self.diagram_width,
                 "act_width": 12 * 8.0 * act_networks * self.act_width * 2 * self.act_draws,
-                "deep_width": 16 * 8.0 * len(self.deep_output_exponents) * len(self.deep_init_scales) * self.deep_seeds * self.deep_samples * self.deep_width * self.deep_depth,
+                "deep_width": 16 * 8.0 * len(self.deep_output_exponents) * len(self.deep_init_scales) * self.deep_seeds
+                * self.deep_samples * self.deep_width * self.deep_depth,
                 "digits_width": 3 * 8 * 8.0 * self.digits_samples * self.digits_width}
 
 
