@@ -24,7 +24,7 @@ import torch
 from .ode import integrate
 from . import sweep
 from .results import Run
-from .train import train
+from .train import progress, train
 from .validation import Array, Boolean, Device, Integer, Optional, Real, Seed, check_generator, validate_params, value_text
 from .validation import Callable as AnyCallable
 
@@ -546,3 +546,200 @@ def deep_mode(t, target, u0, depth, rate=1.0):
         if np.all(hi - lo < 1e-13):
             break
     return target / (1.0 + np.exp(-(lo + hi) / 2))
+
+
+# ---------------------------------------------------------------------------
+# Unwhitened inputs from a zero product (Nam et al. 2025, Fig. 6b)
+# ---------------------------------------------------------------------------
+
+
+@validate_params({"lams": Array(ndim=1), "in_dim": Integer(low=1), "hidden": Integer(low=2), "out_dim": Integer(low=1),
+                  "init_scale": Real(low=0.0, strict_low=True), "seed": Seed()})
+def zero_product_init(lams, in_dim, hidden, out_dim, *, init_scale, seed):
+    """Stacked mirrored inits with W2 W1 = 0 exactly, one per lambda (the authors' ``get_lambda_unbalanced``).
+
+    W1 = (scale + max(lambda, 0)) [A; A] and W2 = (scale + max(-lambda, 0)) [B, -B]
+    with A (hidden/2 x in) and B (out x hidden/2) standard normal, shared by
+    every lambda: lambda > 0 enlarges the first layer, lambda < 0 the second.
+    Because the two halves of the hidden layer mirror each other, the
+    product is zero and the kernel's first-order change vanishes
+    (:func:`zero_product_kernel_theory`).
+    """
+    if hidden % 2:
+        raise ValueError(f"hidden must be even (two mirrored halves); got {hidden}")
+    gen = check_generator(seed)
+    a = torch.randn(hidden // 2, in_dim, generator=gen, dtype=torch.float64)
+    b = torch.randn(out_dim, hidden // 2, generator=gen, dtype=torch.float64)
+    lams = torch.as_tensor(lams, dtype=torch.float64)
+    first = (init_scale + lams.clamp(min=0.0))[:, None, None]
+    second = (init_scale + (-lams).clamp(min=0.0))[:, None, None]
+    return first * torch.cat([a, a], 0), second * torch.cat([b, -b], 1)
+
+
+_ZERO_PRODUCT = {"lams": Array(ndim=1), "hidden": Integer(low=2), "init_scale": Real(low=0.0, strict_low=True),
+                 "lr": _RATE, "steps": Integer(low=1), "seed": Seed(), "device": Device()}
+
+
+@validate_params({**_ZERO_PRODUCT, "scales": Array(ndim=1, positive=True), "chunks": Optional(Integer(low=1))})
+def zero_product_runs(x, y, lams, scales, *, hidden, init_scale, lr, steps, seed, device="cpu", client=None, chunks=None):
+    """Full-batch GD from :func:`zero_product_init` on Y / scale, one network per (lams[j], scales[j]).
+
+    ``x`` (in x N) is used as given (not whitened). Returns a
+    :class:`~learning_dynamics.results.Run` with ``final["kernel_distance"]``
+    between the NTKs at the start and the end, and the ``loss`` records.
+    With a ``client`` or ``chunks`` the grid runs in chunks through
+    :func:`learning_dynamics.sweep.map_runs`, with bitwise the same result.
+    """
+    if client or chunks is not None:
+        def part(index):
+            return zero_product_runs(x, y, lams[index], scales[index], hidden=hidden, init_scale=init_scale, lr=lr,
+                                     steps=steps, seed=seed, device=device)
+        return sweep.map_runs(part, len(lams), client=client, chunks=chunks, desc="zero-product grid")
+    if np.shape(lams) != np.shape(scales):
+        raise ValueError(f"lams and scales must be 1-D of equal length; got {np.shape(lams)} and {np.shape(scales)}")
+    w1, w2 = (w.to(device) for w in zero_product_init(lams, x.shape[0], hidden, y.shape[0], init_scale=init_scale,
+                                                      seed=seed))
+    xt, yt = (t.to(device) for t in lambda_grid_data(x, y, scales))
+    result = train(matrix_loss, {"w1": w1, "w2": w2}, data=(xt, yt), steps=steps, lr=lr, seed=seed,
+                   record_every=steps, desc="zero-product grid", gradients=matrix_grad_and_value)
+    xd = xt[0]
+    k0, k1 = ntk_two_layer(w1, w2, xd), ntk_two_layer(result.params["w1"], result.params["w2"], xd)
+    result.final["kernel_distance"] = kernel_distance(k0, k1).cpu().numpy()
+    return result
+
+
+@validate_params({**_ZERO_PRODUCT, "scales": Array(ndim=1, positive=True)})
+def zero_product_kernel_theory(x, y, lams, scales, *, hidden, init_scale, lr, steps, seed, device="cpu"):
+    """The lazy limit of :func:`zero_product_runs`: its kernel distance to second order in 1 / scale.
+
+    With eps = 1 / scale, expand the weights as W = W^(0) + eps W^(1) + eps^2 W^(2)
+    and the GD map order by order. W^(1) follows the linearised dynamics
+    (the fixed-kernel, "lazy" model); W^(2) is driven by products of first
+    orders. For the mirrored init, W1^(0)^T W1^(1) = 0 and W2^(0) W2^(1)^T = 0,
+    so the kernel's first-order change vanishes and the kernel distance
+    falls as scale^-4, not scale^-2. The expansion is independent of the
+    scale, so it runs once per lambda (``steps`` GD steps of the order-1
+    and order-2 recursions), and the kernel distance is then evaluated for
+    every ``scales``: the result has shape (len(lams), len(scales)).
+    Exact as scale -> infinity; where it departs from GD, the feedback
+    between the layers (the rich regime) has set in.
+    """
+    w1, w2 = (w.to(device) for w in zero_product_init(lams, x.shape[0], hidden, y.shape[0], init_scale=init_scale,
+                                                      seed=seed))
+    xd = torch.as_tensor(x, dtype=torch.float64, device=device)
+    yd = torch.as_tensor(y, dtype=torch.float64, device=device)
+    n = xd.shape[-1]
+    first = [torch.zeros_like(w1), torch.zeros_like(w2)]
+    second = [torch.zeros_like(w1), torch.zeros_like(w2)]
+    for _ in progress(range(steps), desc="second-order lazy theory"):
+        r1 = (w2 @ first[0] + first[1] @ w1) @ xd - yd
+        r2 = (w2 @ second[0] + second[1] @ w1 + first[1] @ first[0]) @ xd
+        grad1 = (w2.transpose(-1, -2) @ r1 @ xd.T, r1 @ xd.T @ w1.transpose(-1, -2))
+        grad2 = ((w2.transpose(-1, -2) @ r2 + first[1].transpose(-1, -2) @ r1) @ xd.T,
+                 (r2 @ xd.T @ w1.transpose(-1, -2) + r1 @ xd.T @ first[0].transpose(-1, -2)))
+        first = [w - lr * g / n for w, g in zip(first, grad1)]
+        second = [w - lr * g / n for w, g in zip(second, grad2)]
+    eps = (1.0 / torch.as_tensor(np.asarray(scales, dtype=np.float64), device=device))[None, :, None, None]
+    weights = [w0[:, None] + eps * w1_[:, None] + eps**2 * w2_[:, None] for w0, w1_, w2_ in zip((w1, w2), first, second)]
+    k0 = ntk_two_layer(w1, w2, xd)[:, None]
+    return kernel_distance(k0, ntk_two_layer(weights[0], weights[1], xd)).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------
+# Neural collapse in the unconstrained-features model (Nam et al. 2025, Sec. 4)
+# ---------------------------------------------------------------------------
+# The unconstrained-features model f_i = W h_i is a two-layer linear network on
+# one-hot sample inputs: W1 = H (features x samples), W2 = W, X = I_N. With
+# balanced classes of n samples, each class is one mode with target sqrt(n)
+# and rate 1 / N; the within-class directions have no target.
+
+
+def _class_one_hot(n_classes: int, per_class: int, dtype=torch.float64, device="cpu"):
+    labels = torch.arange(n_classes, device=device).repeat_interleave(per_class)
+    return labels, torch.nn.functional.one_hot(labels, n_classes).to(dtype)
+
+
+def class_scatter(features, labels, n_classes: int):
+    """Within- and between-class covariances (Sigma_W, Sigma_B) of features (..., d, N) (Papyan et al. 2020).
+
+    Sigma_W = (1/N) sum_i (h_i - mu_c(i))(h_i - mu_c(i))^T and
+    Sigma_B = (1/C) sum_c (mu_c - mu)(mu_c - mu)^T, batched over leading dimensions.
+    """
+    one_hot = torch.nn.functional.one_hot(labels, n_classes).to(features.dtype)
+    means = features @ one_hot / one_hot.sum(0)
+    within = features - means @ one_hot.T
+    centred = means - features.mean(-1, keepdim=True)
+    return (within @ within.transpose(-1, -2) / features.shape[-1], centred @ centred.transpose(-1, -2) / n_classes)
+
+
+def neural_collapse(features, labels, n_classes: int):
+    """NC1 = tr(Sigma_W Sigma_B^+) / C of features (..., d, N): within-class spread in units of the between-class one."""
+    within, between = class_scatter(features, labels, n_classes)
+    between_inv = torch.linalg.pinv(between, hermitian=True, rtol=1e-10)
+    return torch.einsum("...ij,...ji->...", within, between_inv) / n_classes
+
+
+@validate_params({"n_classes": Integer(low=2), "per_class": Integer(low=1), "dim": Integer(low=2), "inits": _POSITIVE,
+                  "within": Real(low=0.0, strict_low=True), "lr": _RATE, "steps": Integer(low=1),
+                  "n_seeds": Integer(low=1), "seed": Seed(), "record_every": Integer(low=1), "device": Device()})
+def collapse_runs(n_classes, per_class, dim, inits, *, within, lr, steps, n_seeds, seed, record_every, device="cpu"):
+    """GD on the unconstrained-features model from aligned balanced class modes plus within-class noise.
+
+    Every class mode starts at a0 = b0 = ``inits[j]`` (product u0 = a0^2)
+    along a random orthonormal set of feature directions r_c, W = a0 R^T,
+    and H gets within-class noise of std ``within`` (zero class means), so
+    that the class modes follow :func:`sigmoid_mode` while the noise
+    collapses. Networks are inits x seeds, init-major: network j has ``inits[j // n_seeds]``.
+    Returns a :class:`~learning_dynamics.results.Run` recording ``nc1``
+    (:func:`neural_collapse`), ``between`` (tr Sigma_B) and ``within``
+    (tr P Sigma_W P, the within-class spread in the span of the class-mean
+    differences); ``final["within0"]`` is that spread at init, the input of
+    :func:`collapse_closed_form`.
+    """
+    if dim < n_classes:
+        raise ValueError(f"dim must be >= n_classes = {n_classes} (one feature direction per class); got {dim}")
+    gen = check_generator(seed)
+    labels, one_hot = _class_one_hot(n_classes, per_class)
+    a0 = torch.as_tensor(np.repeat(np.asarray(inits, dtype=np.float64), n_seeds))[:, None, None]
+    frames = torch.linalg.qr(torch.randn(a0.shape[0], dim, n_classes, generator=gen, dtype=torch.float64))[0]
+    noise = within * torch.randn(a0.shape[0], dim, one_hot.shape[0], generator=gen, dtype=torch.float64)
+    noise = noise - noise @ one_hot @ one_hot.T / per_class
+    features = a0 * frames @ one_hot.T / np.sqrt(per_class) + noise
+    readout = a0 * frames.transpose(-1, -2)
+    centre = frames @ (torch.eye(n_classes, dtype=torch.float64) - 1.0 / n_classes) @ frames.transpose(-1, -2)
+    labels, one_hot, centre = labels.to(device), one_hot.to(device), centre.to(device)
+    n = one_hot.shape[0]
+
+    def record(p):
+        w, b = class_scatter(p["w1"], labels, n_classes)
+        return {"nc1": neural_collapse(p["w1"], labels, n_classes), "between": torch.einsum("...ii->...", b),
+                "within": torch.einsum("...ii->...", centre @ w @ centre)}
+    data = (torch.eye(n, dtype=torch.float64, device=device).expand(a0.shape[0], n, n), one_hot.T.expand(a0.shape[0], -1, -1))
+    result = train(matrix_loss, {"w1": features.to(device), "w2": readout.to(device)}, data=data, steps=steps, lr=lr,
+                   seed=seed, record=record, record_every=record_every, desc="unconstrained features",
+                   gradients=matrix_grad_and_value)
+    result.final["within0"] = result.records["within"][0]
+    result.final["u0"] = (a0[:, 0, 0] ** 2).numpy()
+    return result
+
+
+@validate_params({"t": _ARRAY, "per_class": Integer(low=1), "n_classes": Integer(low=2), "u0": _POSITIVE,
+                  "within0": _ARRAY})
+def collapse_closed_form(t, per_class, n_classes, u0, within0):
+    """NC1(t), tr Sigma_B(t) and tr P Sigma_W P(t) of :func:`collapse_runs` under gradient flow.
+
+    Each class mode is the sigmoid u(t) = :func:`sigmoid_mode` with target
+    s = sqrt(n) and rate 1/N (N = C n), so tr Sigma_B = (1 - 1/C) u / n.
+    The within-class noise along the read-out decays as dh/dt = -(u / N) h,
+    so tr P Sigma_W P = within0 / (1 + (u0 / s)(exp(2 s t / N) - 1)), and
+    NC1 = (n / u) tr P Sigma_W P = (n within0 / u0) exp(-2 s t / N):
+    one exponential, first because the classes separate and then because
+    each class contracts. Returns the three arrays, broadcast over t (last axis) and the networks.
+    """
+    n_total = n_classes * per_class
+    s = np.sqrt(per_class)
+    t = np.asarray(t, dtype=np.float64)
+    u0, within0 = (np.asarray(a, dtype=np.float64)[..., None] for a in (u0, within0))
+    u = sigmoid_mode(t, s, u0, 1.0 / n_total)
+    spread = within0 / (1.0 + (u0 / s) * np.expm1(2.0 * s * t / n_total))
+    return per_class * within0 / u0 * np.exp(-2.0 * s * t / n_total), (1.0 - 1.0 / n_classes) * u / per_class, spread

@@ -29,6 +29,20 @@ class FeedbackPrinciple(ChapterPreset):
     toy_points: int = param(24, low=2, help="initial scales Sigma0 in the sweep")
     toy_lr: float = param(0.001, low=0.0, strict_low=True, help="GD step of the toy (small: lr * 2 sqrt(S^2 + Sigma0^2) <= 0.05)")
     toy_steps: int = param(10000, low=1, help="GD steps of the toy")
+    # Figure 6b: unwhitened 20-20-2 network from a zero product
+    zp_points: int = param(17, low=3, high=200, help="lambda and scale values per axis of the zero-product grid")
+    zp_init: float = param(0.1, low=0.0, strict_low=True, help="scale of the mirrored zero-product init")
+    zp_lr: float = param(0.01, low=0.0, strict_low=True, help="GD step of the 20-20-2 network (stable below ~0.035)")
+    zp_steps: int = param(4000, low=1, help="full-batch GD steps of the 20-20-2 network")
+    # Neural collapse: the unconstrained-features model
+    nc_classes: int = param(4, low=2, high=100, help="classes C")
+    nc_per_class: int = param(25, low=1, help="samples per class n")
+    nc_dim: int = param(32, low=2, help="feature dimension")
+    nc_inits: tuple = param((0.01, 0.03, 0.1), items=Real(low=0.0, strict_low=True), min_len=1,
+                            help="initial size a0 of every class mode (u0 = a0^2)")
+    nc_within: float = param(1e-4, low=0.0, strict_low=True, help="std of the within-class noise in the features at init")
+    nc_lr: float = param(0.1, low=0.0, strict_low=True, help="GD step (the gap to gradient flow is linear in it)")
+    nc_steps: int = param(4000, low=1, help="GD steps of the unconstrained-features model")
 
     def memory_needs(self) -> dict[str, float]:
         # float64: the toy's (networks, Z) weights, gradients and copies; the skill batches (seeds, batch, K)
@@ -47,6 +61,10 @@ PAPER = {
     "grid_points": (40, "linear_first fig6a_run.py: 40 x 40 values"),
     "grid_lr": (0.01, "linear_first fig6a_run.py: learning_rate"),
     "grid_steps": (4000, "linear_first fig6a_run.py: training_steps"),
+    "zp_points": (40, "linear_first fig6b_run.py: 40 x 40 values"),
+    "zp_init": (0.1, "linear_first fig6b_run.py: get_lambda_unbalanced(..., scale=0.1)"),
+    "zp_lr": (0.01, "linear_first fig6b_run.py: learning_rate"),
+    "zp_steps": (4000, "linear_first fig6b_run.py: training_steps"),
 }
 PAPER_NOTE = (
     "Sources: the authors' repositories yoonsoonam119/Skill_Eigenmode (the emergence runs behind Fig. 4a) and "
@@ -54,7 +72,9 @@ PAPER_NOTE = (
     "weight std 0.01, 6,000 epochs of five steps), whereas this chapter simulates the layerwise model itself, so its "
     "step, init and length (`lr`, `skill_init`, `skill_steps`) are its own and are not compared. Fig. 6a fits one "
     "random draw of targets, where `target_singular_values` fixes their spectrum; the paper gives no width or "
-    "length for the γ₊ toy.")
+    "length for the γ₊ toy. Fig. 6b (fig6b_run.py) fits a 20-20-2 network to 10 unwhitened Gaussian samples, lambda "
+    "from -0.5 to 0.5 and the scale from 0.1 to 50 on linear grids. The paper gives no sizes for the "
+    "unconstrained-features model of neural collapse; those are this book's.")
 
 register(
     "feedback_principle",
@@ -65,9 +85,10 @@ register(
     # 2 sqrt(1 + Sigma0_max^2) = 0.049 <= 0.05. It runs the skills to t = 18 (every half time is reached
     # by t ~ 15) and the toy to t = 5 (the growth factor is settled); grid and slice keep the book's t = 40.
     smoke=dict(lr=0.008, skill_steps=2250, skill_batch=500, n_seeds=2, grid_points=20, grid_lr=0.04, grid_steps=1000,
-               slice_refine=6, toy_width=200, toy_points=8, toy_lr=0.00115, toy_steps=4348),
+               slice_refine=6, toy_width=200, toy_points=8, toy_lr=0.00115, toy_steps=4348,
+               zp_points=9, zp_lr=0.02, zp_steps=2000, nc_inits=(0.03,), nc_steps=4000),
     book=dict(),
-    paper=dict(n_seeds=10, skill_batch=4000, grid_points=40, toy_width=4000, toy_points=48, toy_steps=20000, toy_lr=0.0005, lr=0.0025, skill_steps=12000),
+    paper=dict(n_seeds=10, skill_batch=4000, grid_points=40, zp_points=40, toy_width=4000, toy_points=48, toy_steps=20000, toy_lr=0.0005, lr=0.0025, skill_steps=12000),
     paper_source=PAPER,
     paper_note=PAPER_NOTE,
 )

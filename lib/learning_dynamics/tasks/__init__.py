@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..linear import whiten
-from ..validation import Device, Integer, Real, check_int, validate_params
+from ..validation import Boolean, Device, Integer, Real, check_int, validate_params
 
 
 @validate_params({"n_skills": Integer(low=1), "alpha": Real(low=0.0)})
@@ -45,9 +45,12 @@ def skill_sampler(frequencies, strength: float, n_networks: int, batch_size: int
 
 
 @validate_params({"n_samples": Integer(low=2), "in_dim": Integer(low=1), "out_dim": Integer(low=1),
-                  "seed": Integer(low=0)})
-def random_regression(n_samples: int, in_dim: int, out_dim: int, seed: int, singular_values=None):
+                  "seed": Integer(low=0), "whitened": Boolean()})
+def random_regression(n_samples: int, in_dim: int, out_dim: int, seed: int, singular_values=None, whitened: bool = True):
     """Whitened Gaussian inputs X (in x N, X X^T / N = I) and Gaussian targets Y (out x N).
+
+    With ``whitened=False``, X is left standard normal, as in the paper's
+    Fig. 6b (any number of samples; ``singular_values`` then needs whitening).
 
     With ``singular_values``, the target map Y X^T / N has exactly those
     singular values, with random singular vectors: Y = U diag(s) V^T X plus
@@ -57,8 +60,13 @@ def random_regression(n_samples: int, in_dim: int, out_dim: int, seed: int, sing
     spectrum: a nearly isotropic target (one in 16 random draws) barely turns
     the kernel even in the rich regime.
     """
-    n_samples = check_int("n_samples", n_samples, low=in_dim + 1)
     rng = np.random.default_rng(seed)
+    if not whitened:
+        if singular_values is not None:
+            raise ValueError("singular_values needs whitened inputs; got whitened=False with singular_values = "
+                             f"{singular_values!r}")
+        return rng.standard_normal((in_dim, n_samples)), rng.standard_normal((out_dim, n_samples))
+    n_samples = check_int("n_samples", n_samples, low=in_dim + 1)
     x = whiten(rng.standard_normal((in_dim, n_samples)))
     y = rng.standard_normal((out_dim, n_samples))
     if singular_values is None:
