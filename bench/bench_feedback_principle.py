@@ -59,7 +59,49 @@ def rows() -> list[dict]:
                  note=f"{note}; closed-form gradients; max |W1^T W1| difference {mismatch:.1e}"),
             dict(benchmark="feedback_principle: lazy/rich grid, batched (autograd) vs one network at a time",
                  batched_s=batched_autograd, loop_s=loop, ratio=loop / batched_autograd,
-                 note=f"{note}; both with autograd; max |W1^T W1| difference from the closed form {mismatch_auto:.1e}")]
+                 note=f"{note}; both with autograd; max |W1^T W1| difference from the closed form {mismatch_auto:.1e}"),
+            _zero_product(cfg), _collapse(cfg)]
+
+
+def _zero_product(cfg) -> dict:
+    """Fig. 6b: the 20-20-2 grid in one batched run against train_loop one network at a time."""
+    x, y = tasks.random_regression(10, 20, 2, seed=cfg.seed, whitened=False)
+    lam_grid, scale_grid = np.meshgrid(np.linspace(-0.5, 0.5, cfg.zp_points), np.linspace(0.1, 50, cfg.zp_points),
+                                       indexing="ij")
+    lams, scales = lam_grid.ravel(), scale_grid.ravel()
+    settings = dict(hidden=20, init_scale=cfg.zp_init, lr=cfg.zp_lr, steps=cfg.zp_steps, seed=cfg.seed)
+    start = time.perf_counter()
+    batched_run = linear.zero_product_runs(x, y, lams, scales, **settings)
+    batched = time.perf_counter() - start
+    picks = np.linspace(0, len(lams) - 1, LOOP_NETWORKS).astype(int)
+    w1, w2 = linear.zero_product_init(lams[picks], 20, 20, 2, init_scale=cfg.zp_init, seed=cfg.seed)
+    data = linear.lambda_grid_data(x, y, scales[picks])
+    start = time.perf_counter()
+    final = train_loop(linear.matrix_loss, {"w1": w1, "w2": w2}, steps=cfg.zp_steps, lr=cfg.zp_lr, data=data)
+    loop = (time.perf_counter() - start) * len(lams) / len(picks)
+    mismatch = float(np.max(np.abs(final["w1"].numpy() - batched_run.params["w1"][picks].numpy())))
+    return dict(benchmark="feedback_principle: Fig. 6b zero-product grid, batched vs one network at a time",
+                batched_s=batched, loop_s=loop, ratio=loop / batched,
+                note=f"{len(lams)} networks x {cfg.zp_steps} GD steps (closed-form gradients); loop timed on "
+                     f"{len(picks)} networks and scaled; max |W1| difference {mismatch:.1e}")
+
+
+def _collapse(cfg) -> dict:
+    """Neural collapse: every init x seed in one run against one collapse_runs call per network."""
+    settings = dict(within=cfg.nc_within, lr=cfg.nc_lr, steps=cfg.nc_steps, seed=cfg.seed,
+                    record_every=max(1, cfg.nc_steps // 40))
+    sizes = (cfg.nc_classes, cfg.nc_per_class, cfg.nc_dim)
+    start = time.perf_counter()
+    linear.collapse_runs(*sizes, cfg.nc_inits, n_seeds=cfg.n_seeds, **settings)
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    for a0 in cfg.nc_inits:
+        linear.collapse_runs(*sizes, [a0], n_seeds=1, **settings)
+    loop = (time.perf_counter() - start) * cfg.n_seeds
+    return dict(benchmark="feedback_principle: neural collapse, batched vs one network at a time",
+                batched_s=batched, loop_s=loop, ratio=loop / batched,
+                note=f"{len(cfg.nc_inits) * cfg.n_seeds} networks x {cfg.nc_steps} GD steps; loop timed on one "
+                     f"network per init and scaled")
 
 
 if __name__ == "__main__":

@@ -248,6 +248,17 @@ def _width_toy(device):
                                          device=device)
 
 
+def _zero_product(device):
+    x, y = tasks.random_regression(4, 3, 2, seed=0, whitened=False)
+    return lambda: linear.zero_product_runs(x, y, [0.0, 0.5], [1.0, 2.0], hidden=4, init_scale=0.1, lr=0.01, steps=3,
+                                            seed=0, device=device)
+
+
+def _collapse(device):
+    return lambda: linear.collapse_runs(2, 3, 3, [0.1, 0.2], within=1e-3, lr=0.1, steps=3, n_seeds=2, seed=0,
+                                        record_every=1, device=device)
+
+
 def _gd(device):
     rng = np.random.default_rng(0)
     u0, w0 = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
@@ -345,6 +356,8 @@ RUNNERS = {
     "linear.lambda_grid_runs": _lambda_grid,
     "linear.lambda_grid_runs-aligned-autograd": lambda d: _lambda_grid(d, aligned=True, closed_form=False),
     "linear.width_toy_runs": _width_toy,
+    "linear.zero_product_runs": _zero_product,
+    "linear.collapse_runs": _collapse,
     "shallow.gd_runs": _gd,
     "shallow.activation_runs": _activations,
     "shallow.deep_runs": _deep,

@@ -153,3 +153,63 @@ def test_integrate_rejects_times_that_go_backwards():
 
     with pytest.raises(ValueError, match="t must be a non-empty, non-decreasing"):
         integrate(lambda y: -y, [1.0, 0.0], [1.0])
+
+
+def _unwhitened(seed=0):
+    return tasks.random_regression(10, 20, 2, seed=seed, whitened=False)
+
+
+def test_zero_product_init_mirrors_the_halves():
+    w1, w2 = linear.zero_product_init([-0.5, 0.0, 0.5], 20, 20, 2, init_scale=0.1, seed=3)
+    assert torch.all((w2 @ w1).abs() < 1e-15)
+    ratio = w1.norm(dim=(-2, -1)) / w2.norm(dim=(-2, -1))
+    assert ratio[2] / ratio[1] == pytest.approx(6.0) and ratio[1] / ratio[0] == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="hidden must be even"):
+        linear.zero_product_init([0.0], 3, 5, 2, init_scale=0.1, seed=0)
+
+
+def test_zero_product_lazy_limit_is_second_order_and_matches_gd():
+    x, y = _unwhitened()
+    lams, scales = np.array([-0.25, 0.0, 0.3]), np.array([200.0, 400.0])
+    settings = dict(hidden=20, init_scale=0.1, lr=0.01, steps=800, seed=1)
+    theory = linear.zero_product_kernel_theory(x, y, lams, scales, **settings)
+    # the first-order kernel change vanishes, so doubling the scale divides the distance by 2^4
+    assert np.allclose(theory[:, 0] / theory[:, 1], 16.0, rtol=0.02)
+    lam_grid, scale_grid = np.meshgrid(lams, scales, indexing="ij")
+    gd = linear.zero_product_runs(x, y, lam_grid.ravel(), scale_grid.ravel(), **settings)
+    assert np.allclose(gd.final["kernel_distance"].reshape(theory.shape), theory, rtol=0.02)
+
+
+def test_zero_product_runs_in_chunks_are_bitwise_the_same():
+    x, y = _unwhitened(2)
+    lams, scales = np.array([-0.5, 0.0, 0.25, 0.5]), np.array([0.5, 1.0, 5.0, 50.0])
+    settings = dict(hidden=20, init_scale=0.1, lr=0.01, steps=30, seed=4)
+    whole = linear.zero_product_runs(x, y, lams, scales, **settings)
+    parts = linear.zero_product_runs(x, y, lams, scales, chunks=3, **settings)
+    assert np.array_equal(whole.final["kernel_distance"], parts.final["kernel_distance"])
+
+
+def test_class_scatter_and_neural_collapse_by_hand():
+    rng = np.random.default_rng(0)
+    feats, labels = rng.standard_normal((3, 12)), np.arange(12) % 3
+    within, between = linear.class_scatter(torch.as_tensor(feats), torch.as_tensor(labels), 3)
+    means = np.stack([feats[:, labels == c].mean(1) for c in range(3)], 1)
+    centred = feats - means[:, labels]
+    assert np.allclose(within.numpy(), centred @ centred.T / 12)
+    spread = means - feats.mean(1, keepdims=True)
+    assert np.allclose(between.numpy(), spread @ spread.T / 3)
+    collapsed = torch.as_tensor(means[:, labels])
+    assert float(linear.neural_collapse(collapsed, torch.as_tensor(labels), 3)) < 1e-20
+
+
+@pytest.mark.parametrize("lr", [0.1, 0.05])
+def test_collapse_closed_form_matches_gd_to_first_order_in_the_step(lr):
+    steps = int(round(150 / lr))
+    run = linear.collapse_runs(3, 8, 6, [0.05, 0.2], within=1e-4, lr=lr, steps=steps, n_seeds=2, seed=0,
+                               record_every=steps // 10)
+    nc1, between, within = linear.collapse_closed_form(run.times, 8, 3, run.final["u0"], run.final["within0"])
+    assert np.allclose(run.trajectory("between"), between, rtol=0.6 * lr)
+    assert np.allclose(run.trajectory("within"), within, rtol=0.6 * lr)
+    assert np.allclose(run.trajectory("nc1"), nc1, rtol=0.6 * lr)
+    with pytest.raises(ValueError, match="dim must be >= n_classes"):
+        linear.collapse_runs(3, 8, 2, [0.1], within=1e-4, lr=lr, steps=2, n_seeds=1, seed=0, record_every=1)

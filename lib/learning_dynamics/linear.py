@@ -562,7 +562,7 @@ def zero_product_init(lams, in_dim, hidden, out_dim, *, init_scale, seed):
     with A (hidden/2 x in) and B (out x hidden/2) standard normal, shared by
     every lambda: lambda > 0 enlarges the first layer, lambda < 0 the second.
     Because the two halves of the hidden layer mirror each other, the
-    product is zero and the kernel's first-order change vanishes
+    product is zero, so the kernel's first-order change vanishes
     (:func:`zero_product_kernel_theory`).
     """
     if hidden % 2:
@@ -615,9 +615,9 @@ def zero_product_kernel_theory(x, y, lams, scales, *, hidden, init_scale, lr, st
     With eps = 1 / scale, expand the weights as W = W^(0) + eps W^(1) + eps^2 W^(2)
     and the GD map order by order. W^(1) follows the linearised dynamics
     (the fixed-kernel, "lazy" model); W^(2) is driven by products of first
-    orders. For the mirrored init, W1^(0)^T W1^(1) = 0 and W2^(0) W2^(1)^T = 0,
-    so the kernel's first-order change vanishes and the kernel distance
-    falls as scale^-4, not scale^-2. The expansion is independent of the
+    orders. From any zero product, W1^(0)^T W1^(1) is proportional to
+    (W2 W1)^T = 0, and likewise W2^(0) W2^(1)^T, so the kernel's first-order
+    change vanishes and the kernel distance falls as scale^-4, not scale^-2. The expansion is independent of the
     scale, so it runs once per lambda (``steps`` GD steps of the order-1
     and order-2 recursions), and the kernel distance is then evaluated for
     every ``scales``: the result has shape (len(lams), len(scales)).
@@ -700,7 +700,8 @@ def collapse_runs(n_classes, per_class, dim, inits, *, within, lr, steps, n_seed
         raise ValueError(f"dim must be >= n_classes = {n_classes} (one feature direction per class); got {dim}")
     gen = check_generator(seed)
     labels, one_hot = _class_one_hot(n_classes, per_class)
-    a0 = torch.as_tensor(np.repeat(np.asarray(inits, dtype=np.float64), n_seeds))[:, None, None]
+    sizes = np.repeat(np.asarray(inits, dtype=np.float64), n_seeds)
+    a0 = torch.as_tensor(sizes)[:, None, None]
     frames = torch.linalg.qr(torch.randn(a0.shape[0], dim, n_classes, generator=gen, dtype=torch.float64))[0]
     noise = within * torch.randn(a0.shape[0], dim, one_hot.shape[0], generator=gen, dtype=torch.float64)
     noise = noise - noise @ one_hot @ one_hot.T / per_class
@@ -719,7 +720,7 @@ def collapse_runs(n_classes, per_class, dim, inits, *, within, lr, steps, n_seed
                    seed=seed, record=record, record_every=record_every, desc="unconstrained features",
                    gradients=matrix_grad_and_value)
     result.final["within0"] = result.records["within"][0]
-    result.final["u0"] = (a0[:, 0, 0] ** 2).numpy()
+    result.final["u0"] = sizes**2
     return result
 
 

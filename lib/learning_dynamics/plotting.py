@@ -79,10 +79,12 @@ def simulation_mean(ax, x, samples, *, i: int = 0, label: str | None = None, **k
                        label=label, **kw)
 
 
-def legend_theory_vs_simulation(ax, **kw):
-    """A legend entry explaining line = theory, marker = simulation."""
+def legend_theory_vs_simulation(ax, theory="theory (closed form)", **kw):
+    """A legend entry explaining line = theory, marker = simulation; a legend the axes already has stays."""
+    if ax.get_legend() is not None:
+        ax.add_artist(ax.get_legend())
     handles = [
-        mpl.lines.Line2D([], [], color="0.3", ls="-", label="theory (closed form)"),
+        mpl.lines.Line2D([], [], color="0.3", ls="-", label=theory),
         mpl.lines.Line2D([], [], color="0.3", ls="none", marker="o", mfc="none", label="simulation"),
     ]
     return ax.legend(handles=handles, **kw)
