@@ -410,6 +410,12 @@ def _shallow(name):
     }[name]()
 
 
+def _raw():
+    from learning_dynamics import tasks
+
+    return tasks.random_regression(4, 3, 2, seed=0, whitened=False)
+
+
 def _linear(name):
     from learning_dynamics import tasks
 
@@ -435,6 +441,14 @@ def _linear(name):
         "skill_runs": lambda: dict(sampler=tasks.skill_sampler([0.5, 0.5], 1.0, 2, 4), n_skills=2, init=0.1, lr=0.01,
                                    steps=2, n_seeds=2, seed=0, record_every=1, device="cpu"),
         "whiten": lambda: dict(x=np.random.default_rng(0).normal(size=(2, 5))),
+        "zero_product_init": lambda: dict(lams=[0.0, 0.5], in_dim=3, hidden=4, out_dim=2, init_scale=0.1, seed=0),
+        "zero_product_runs": lambda: dict(x=_raw()[0], y=_raw()[1], lams=[0.0, 0.5], scales=[1.0, 2.0], hidden=4,
+                                          init_scale=0.1, lr=0.01, steps=2, seed=0, device="cpu"),
+        "zero_product_kernel_theory": lambda: dict(x=_raw()[0], y=_raw()[1], lams=[0.0, 0.5], scales=[1.0, 2.0],
+                                                   hidden=4, init_scale=0.1, lr=0.01, steps=2, seed=0, device="cpu"),
+        "collapse_runs": lambda: dict(n_classes=2, per_class=3, dim=3, inits=[0.1], within=1e-3, lr=0.1, steps=2,
+                                      n_seeds=1, seed=0, record_every=1, device="cpu"),
+        "collapse_closed_form": lambda: dict(t=[0.0, 1.0], per_class=3, n_classes=2, u0=[0.01], within0=[1e-6]),
         "width_toy_runs": lambda: dict(sigma0s=[0.1, 1.0], width=3, target=1.0, lr=1e-3, steps=2, n_seeds=1, seed=0,
                                        record_every=1, device="cpu"),
     }[name]()
@@ -485,7 +499,8 @@ VALID = {
         "aligned_kernel_distance", "crossing_times", "deep_mode", "deep_mode_time", "gamma_plus", "growth_fixed_point",
         "lambda_grid_init", "lambda_grid_runs", "layerwise_flow", "mode_product", "one_layer_half_time", "one_layer_mode",
         "plus_minus_from_product", "product_growth", "sigmoid_half_time", "sigmoid_mode", "skill_runs", "whiten",
-        "width_toy_runs")},
+        "width_toy_runs", "zero_product_init", "zero_product_runs", "zero_product_kernel_theory", "collapse_runs",
+        "collapse_closed_form")},
     "mlp.init_params": lambda: dict(n_networks=2, n_in=3, width=4, depth=2, n_out=2, generator=torch.Generator(),
                                     dtype=torch.float32, device="cpu"),
     "mlp.train_grid": lambda: dict(data=_digits(), alphas=[0.0], noises=[0.0], n_seeds=1, noise_kind="data", width=4,
@@ -540,7 +555,7 @@ VALID = {
     "tasks.hierarchy.tree_features": lambda: dict(depth=2),
     "tasks.hierarchy.tree_task": lambda: dict(depth=2, hidden=4),
     "tasks.hierarchy.xor_task": lambda: dict(hidden=3),
-    "tasks.random_regression": lambda: dict(n_samples=10, in_dim=2, out_dim=3, seed=0),
+    "tasks.random_regression": lambda: dict(n_samples=10, in_dim=2, out_dim=3, seed=0, whitened=True),
     "tasks.recurrent.flip_flop": lambda: dict(n_trials=2, steps=5, n_bits=2, rate=0.2, noise=0.1, generator=1),
     "tasks.recurrent.memory_multitask": lambda: dict(n_per_task=2, t_context=1, t_stim=1, t_memory=1, t_response=2,
                                                      noise=0.1, uniform=True, generator=0, cue_throughout=True),
