@@ -410,6 +410,18 @@ def _shallow(name):
     }[name]()
 
 
+def _emergence():
+    from learning_dynamics import emergence
+
+    return emergence
+
+
+def _parity():
+    from learning_dynamics.tasks import parity
+
+    return parity
+
+
 def _raw():
     from learning_dynamics import tasks
 
@@ -501,6 +513,19 @@ VALID = {
         "plus_minus_from_product", "product_growth", "sigmoid_half_time", "sigmoid_mode", "skill_runs", "whiten",
         "width_toy_runs", "zero_product_init", "zero_product_runs", "zero_product_kernel_theory", "collapse_runs",
         "collapse_closed_form")},
+    "emergence.relu_init": lambda: dict(n_networks=2, n_inputs=37, width=4, init=0.1),
+    "emergence.parity_runs": lambda: dict(n_seeds=1, width=4, steps=1, batch_size=4, n_probe=4),
+    "emergence.half_times": lambda: dict(run=_emergence().parity_runs(1, width=4, steps=1, batch_size=4, n_probe=4)),
+    "emergence.initial_strength": lambda: dict(strength=5.0, init=0.01),
+    "emergence.time_theory": lambda: dict(t=[0.0, 1.0], frequencies=[0.6, 0.4], strength=5.0, init=0.01, calibration=22.0),
+    "emergence.time_half_times": lambda: dict(frequencies=[0.6, 0.4], strength=5.0, init=0.01, calibration=22.0),
+    "emergence.calibrate_time": lambda: dict(half_time=20.0, frequency=0.6, strength=5.0, init=0.01),
+    "emergence.data_theory": lambda: dict(n_samples=[100.0], frequencies=[0.6, 0.4], calibration=800.0),
+    "emergence.width_theory": lambda: dict(widths=[4.0], n_skills=2, calibration=4.0),
+    "tasks.parity.parity_task": lambda: dict(n_networks=2),
+    "tasks.parity.parity_sampler": lambda: dict(task=_parity().parity_task(), batch_size=4),
+    "tasks.parity.parity_dataset": lambda: dict(task=_parity().parity_task(), n_samples=4),
+    "tasks.parity.parity_probe": lambda: dict(task=_parity().parity_task(), n_per_skill=4),
     "mlp.init_params": lambda: dict(n_networks=2, n_in=3, width=4, depth=2, n_out=2, generator=torch.Generator(),
                                     dtype=torch.float32, device="cpu"),
     "mlp.train_grid": lambda: dict(data=_digits(), alphas=[0.0], noises=[0.0], n_seeds=1, noise_kind="data", width=4,

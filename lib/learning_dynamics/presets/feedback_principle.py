@@ -17,6 +17,20 @@ class FeedbackPrinciple(ChapterPreset):
     skill_steps: int = param(6000, low=1, help="online SGD steps")
     skill_batch: int = param(2000, low=1, help="samples per SGD step")
     n_seeds: int = param(4, low=1, help="independent runs per experiment")
+    # Figure 4a: emergence in a two-layer ReLU network on multitask sparse parity
+    em_bits: int = param(16, low=3, high=64, help="task bits of the sparse-parity input (the control bits are n_skills more)")
+    em_width: int = param(400, low=1, help="hidden units of the ReLU network")
+    em_init: float = param(0.01, low=0.0, strict_low=True, help="std of every weight and bias at init")
+    em_lr: float = param(0.05, low=0.0, strict_low=True, help="SGD step of the ReLU network")
+    em_batch: int = param(200, low=1, help="fresh samples per SGD step")
+    em_steps: int = param(8000, low=1, help="SGD steps of the ReLU network")
+    em_networks: int = param(3, low=2, help="ReLU networks per seed (mean and standard error)")
+    em_probe: int = param(1000, low=2, help="held-out samples per skill for the learned fraction (even)")
+    em_record: int = param(50, low=1, help="steps between measurements of the learned fraction")
+    em_min_skills: int = param(5, low=1, help="skills whose mean learned fraction must cross 1/2 by the end")
+    em_ratio_tol: float = param(0.25, low=0.0, strict_low=True, help="tolerance of t_k/t_1 against p_1/p_k (relative)")
+    em_curve_tol: float = param(0.25, low=0.0, strict_low=True, help="tolerance of the calibrated sigmoid's RMS gap")
+    em_calibration_tol: float = param(0.2, low=0.0, strict_low=True, help="tolerance of the fitted B against the paper's 22")
     # Figure 2: lazy vs rich heatmap
     target_singular_values: tuple = param((0.54, 0.14), items=Real(low=0.0, strict_low=True), min_len=2, max_len=2, help="singular values of the 2-2-2 target map Y X^T / N "
                                            "(the medians over 4,000 random 10-sample tasks; directions stay random)")
@@ -47,7 +61,9 @@ class FeedbackPrinciple(ChapterPreset):
     def memory_needs(self) -> dict[str, float]:
         # float64: the toy's (networks, Z) weights, gradients and copies; the skill batches (seeds, batch, K)
         return {"toy_width": 12 * 8.0 * self.toy_points * self.n_seeds * self.toy_width,
-                "skill_batch": 6 * 8.0 * self.n_seeds * self.skill_batch * self.n_skills}
+                "skill_batch": 6 * 8.0 * self.n_seeds * self.skill_batch * self.n_skills,
+                # float64 hidden activations, their gates and gradients of the ReLU networks' batches
+                "em_batch": 4 * 8.0 * self.em_networks * self.em_batch * self.em_width}
 
 
 # What the paper and the authors' code fix. The emergence figure (paper Fig. 4a) comes from the authors' emergence
@@ -58,6 +74,15 @@ PAPER = {
     "skill_strength": (5.0, "Skill_Eigenmode plot_emergence_all.py: y_scale = 5"),
     "skill_batch": (4000, "Skill_Eigenmode train_time.py: fresh batches of 20000 // 5"),
     "n_seeds": (10, "Skill_Eigenmode train_time.py: try_cnt = 10 (Fig. 4a: mean and std)"),
+    "em_bits": (32, "Skill_Eigenmode data_generator.py: 32 task bits after 5 control bits (input 37)"),
+    "em_width": (1000, "Skill_Eigenmode utils.FCN: hidden 1000"),
+    "em_init": (0.01, "Skill_Eigenmode plot_emergence_all.py: the run with init 0.01"),
+    "em_lr": (0.02, "Skill_Eigenmode plot_emergence_all.py: the run with lr 0.02"),
+    "em_batch": (4000, "Skill_Eigenmode train_time.py: fresh batches of 20000 // 5"),
+    "em_steps": (30000, "Skill_Eigenmode train_time.py: 6000 epochs of 5 steps"),
+    "em_networks": (10, "Skill_Eigenmode train_time.py: try_cnt = 10"),
+    "em_probe": (20000, "Skill_Eigenmode utils.check_corrs: 20000 samples of each skill"),
+    "em_record": (50, "Skill_Eigenmode train_time.py: measured every 10 epochs"),
     "grid_points": (40, "linear_first fig6a_run.py: 40 x 40 values"),
     "grid_lr": (0.01, "linear_first fig6a_run.py: learning_rate"),
     "grid_steps": (4000, "linear_first fig6a_run.py: training_steps"),
@@ -69,8 +94,9 @@ PAPER = {
 PAPER_NOTE = (
     "Sources: the authors' repositories yoonsoonam119/Skill_Eigenmode (the emergence runs behind Fig. 4a) and "
     "yoonsoonam119/linear_first (Fig. 6a). The paper's emergence runs train a two-layer ReLU network (SGD step 0.02, "
-    "weight std 0.01, 6,000 epochs of five steps), whereas this chapter simulates the layerwise model itself, so its "
-    "step, init and length (`lr`, `skill_init`, `skill_steps`) are its own and are not compared. Fig. 6a fits one "
+    "weight std 0.01, 6,000 epochs of five steps): the `em_*` rows. The layerwise model's own step, init and length "
+    "(`lr`, `skill_init`, `skill_steps`) are this book's and are not compared. The book's ReLU networks see 16 task "
+    "bits instead of 32 and take a larger step, to fit the budget; the authors' bits are {0, 1} with y = +-S. Fig. 6a fits one "
     "random draw of targets, where `target_singular_values` fixes their spectrum; the paper gives no width or "
     "length for the γ₊ toy. Fig. 6b (fig6b_run.py) fits a 20-20-2 network to 10 unwhitened Gaussian samples, lambda "
     "from -0.5 to 0.5 and the scale from 0.1 to 50 on linear grids. The paper gives no sizes for the "
@@ -86,9 +112,12 @@ register(
     # by t ~ 15) and the toy to t = 5 (the growth factor is settled); grid and slice keep the book's t = 40.
     smoke=dict(lr=0.008, skill_steps=2250, skill_batch=500, n_seeds=2, grid_points=20, grid_lr=0.04, grid_steps=1000,
                slice_refine=6, toy_width=200, toy_points=8, toy_lr=0.00115, toy_steps=4348,
-               zp_points=9, zp_lr=0.02, zp_steps=2000, nc_inits=(0.03,), nc_steps=4000),
+               zp_points=9, zp_lr=0.02, zp_steps=2000, nc_inits=(0.03,), nc_steps=4000,
+               em_width=200, em_steps=2000, em_networks=2, em_probe=200, em_min_skills=2, em_ratio_tol=0.35,
+               em_curve_tol=0.35, em_calibration_tol=0.4),
     book=dict(),
-    paper=dict(n_seeds=10, skill_batch=4000, grid_points=40, zp_points=40, toy_width=4000, toy_points=48, toy_steps=20000, toy_lr=0.0005, lr=0.0025, skill_steps=12000),
+    paper=dict(n_seeds=10, skill_batch=4000, grid_points=40, zp_points=40, em_bits=32, em_width=1000, em_lr=0.02,
+               em_batch=4000, em_steps=30000, em_networks=10, em_probe=20000, toy_width=4000, toy_points=48, toy_steps=20000, toy_lr=0.0005, lr=0.0025, skill_steps=12000),
     paper_source=PAPER,
     paper_note=PAPER_NOTE,
 )
