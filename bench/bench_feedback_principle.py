@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from learning_dynamics import linear, presets, tasks
+from learning_dynamics import emergence, linear, presets, tasks
 from learning_dynamics.train import train_loop
 
 LOOP_NETWORKS = 16
@@ -60,7 +60,24 @@ def rows() -> list[dict]:
             dict(benchmark="feedback_principle: lazy/rich grid, batched (autograd) vs one network at a time",
                  batched_s=batched_autograd, loop_s=loop, ratio=loop / batched_autograd,
                  note=f"{note}; both with autograd; max |W1^T W1| difference from the closed form {mismatch_auto:.1e}"),
-            _zero_product(cfg), _collapse(cfg)]
+            _zero_product(cfg), _collapse(cfg), _relu_emergence(cfg)]
+
+
+def _relu_emergence(cfg, steps: int = 1000) -> dict:
+    """Fig. 4a: the ReLU networks of one seed in one run against one parity_runs call per network (a slice of steps)."""
+    settings = dict(n_bits=cfg.em_bits, width=cfg.em_width, init=cfg.em_init, lr=cfg.em_lr, steps=steps,
+                    batch_size=cfg.em_batch, record_every=cfg.em_record, n_probe=cfg.em_probe)
+    start = time.perf_counter()
+    emergence.parity_runs(cfg.em_networks, seed=cfg.seed, **settings)
+    batched = time.perf_counter() - start
+    start = time.perf_counter()
+    for seed in range(cfg.em_networks):
+        emergence.parity_runs(1, seed=seed, **settings)
+    loop = time.perf_counter() - start
+    return dict(benchmark="feedback_principle: ReLU emergence, batched vs one network at a time",
+                batched_s=batched, loop_s=loop, ratio=loop / batched,
+                note=f"{cfg.em_networks} networks x {steps} of the book's {cfg.em_steps} SGD steps (width {cfg.em_width}, "
+                     f"batch {cfg.em_batch}); the loop draws other networks of the same sizes")
 
 
 def _zero_product(cfg) -> dict:

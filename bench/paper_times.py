@@ -39,7 +39,8 @@ PAPER_TIMES = ROOT / "bench" / "paper_times.json"
 
 # The training-length fields a slice cuts.
 SCALED = {
-    "feedback_principle": ("skill_steps", "grid_steps", "toy_steps"),
+    "feedback_principle": ("skill_steps", "grid_steps", "toy_steps", "zp_steps", "nc_steps", "em_steps",
+                           "grok_epochs"),
     "kpflow": ("steps", "mt_steps"),
     "neural_race": ("saxe_steps", "xor_steps", "race_steps", "routing_epochs", "gen_epochs", "km_epochs", "kpath_steps"),
     "spring_block": ("steps", "chain_steps", "sde_steps"),
@@ -52,6 +53,7 @@ KEPT = {
                "record_every": "an interval: a slice records fewer checkpoints (see LOWER_BOUND)",
                "mt_record_every": "an interval: a slice records fewer checkpoints (see LOWER_BOUND)"},
     "three_mechanisms": {"records": "the number of recorded points, not steps"},
+    "feedback_principle": {"grok_record_every": "an interval in epochs: a slice records fewer accuracies"},
 }
 # Chapters whose estimate leaves out work that a slice does not do, and what.
 LOWER_BOUND = {

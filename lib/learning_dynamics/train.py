@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from .results import Run
 from .threads import small_problem
-from .validation import AnyOf, InstanceOf, Integer, Optional, Options, check_choice, check_generator, check_positive, \
-    validate_params, value_text
+from .validation import AnyOf, InstanceOf, Integer, Optional, Options, check_choice, check_float, check_generator, \
+    check_positive, validate_params, value_text
 from .validation import Callable as AnyCallable
 
 GRADIENTS = ("stacked", "vmap")
@@ -133,10 +133,19 @@ class GD:
 
 @dataclass(frozen=True)
 class Adam:
-    """Adam (Kingma & Ba 2015) with bias correction, one state per stacked network."""
+    """Adam (Kingma & Ba 2015) with bias correction, one state per stacked network.
+
+    ``weight_decay`` is L2 coupled into the gradient, as in ``torch.optim.Adam`` (not AdamW):
+    g <- g + weight_decay * theta before the moments. At 0 (the default) the update is exactly
+    plain Adam's.
+    """
 
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        check_float("weight_decay", self.weight_decay, low=0.0)
 
     def init(self, params: dict[str, torch.Tensor]) -> dict:
         return {k: (torch.zeros_like(v), torch.zeros_like(v)) for k, v in params.items()}
@@ -145,6 +154,8 @@ class Adam:
         (b1, b2), new = self.betas, {}
         for name, g in grads.items():
             m, v = state[name]
+            if self.weight_decay:
+                g = g + self.weight_decay * params[name]
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             m_hat = m / (1 - b1 ** (step + 1))

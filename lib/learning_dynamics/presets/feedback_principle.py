@@ -1,8 +1,9 @@
 """Presets of the dynamical-feedback-principle chapter (Nam et al. 2025)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..validation import Real
+from ..validation import InstanceOf, Optional, Real
 from . import ChapterPreset, param, register
 
 
@@ -43,6 +44,23 @@ class FeedbackPrinciple(ChapterPreset):
     toy_points: int = param(24, low=2, help="initial scales Sigma0 in the sweep")
     toy_lr: float = param(0.001, low=0.0, strict_low=True, help="GD step of the toy (small: lr * 2 sqrt(S^2 + Sigma0^2) <= 0.05)")
     toy_steps: int = param(10000, low=1, help="GD steps of the toy")
+    # Figure 8: grokking in a tanh MLP on digits (MNIST from a local file at the paper's sizes)
+    grok_train: int = param(1000, low=10, help="training images (the rest of digits, or MNIST's test set, are the test set)")
+    grok_width: int = param(128, low=1, help="width of the three tanh hidden layers")
+    grok_epochs: int = param(150, low=1, help="epochs of Adam")
+    grok_batch: int = param(128, low=1, help="minibatch size (reshuffled every epoch)")
+    grok_lr: float = param(2e-3, low=0.0, strict_low=True, help="Adam step")
+    grok_weight_decay: float = param(3e-3, low=0.0, help="weight decay, coupled into the gradient as in torch.optim.Adam")
+    grok_networks: int = param(2, low=1, help="networks per variant")
+    grok_record_every: int = param(3, low=1, help="epochs between accuracy measurements")
+    grok_level: float = param(0.9, low=0.0, high=1.0, strict_low=True, help="accuracy level that times the delay")
+    grok_min_delay: float = param(30.0, low=0.0, help="least mean delay (epochs) of the variant that groks")
+    grok_max_delay: float = param(20.0, low=0.0, help="largest mean delay (epochs) of the variants that do not")
+    grok_final_test: float = param(0.95, low=0.0, high=1.0, help="least final test accuracy of variants b, c and f")
+    grok_final_test_a: float = param(0.95, low=0.0, high=1.0, help="least final test accuracy of variant a (it groks late)")
+    mnist_file: str | None = field(default=None, metadata={
+        "constraint": Optional(InstanceOf(str, description="a path (a string)")),
+        "help": "a local mnist.npz (x_train, y_train, x_test, y_test) for the grokking networks; None: scikit-learn's digits"})
     # Figure 6b: unwhitened 20-20-2 network from a zero product
     zp_points: int = param(17, low=3, high=200, help="lambda and scale values per axis of the zero-product grid")
     zp_init: float = param(0.1, low=0.0, strict_low=True, help="scale of the mirrored zero-product init")
@@ -58,12 +76,20 @@ class FeedbackPrinciple(ChapterPreset):
     nc_lr: float = param(0.1, low=0.0, strict_low=True, help="GD step (the gap to gradient flow is linear in it)")
     nc_steps: int = param(4000, low=1, help="GD steps of the unconstrained-features model")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mnist_file is not None and not Path(self.mnist_file).is_file():
+            raise ValueError(f"mnist_file = {self.mnist_file!r}: no such file; pass the path of a local mnist.npz "
+                             "(arrays x_train, y_train, x_test, y_test), or None for scikit-learn's digits")
+
     def memory_needs(self) -> dict[str, float]:
         # float64: the toy's (networks, Z) weights, gradients and copies; the skill batches (seeds, batch, K)
         return {"toy_width": 12 * 8.0 * self.toy_points * self.n_seeds * self.toy_width,
                 "skill_batch": 6 * 8.0 * self.n_seeds * self.skill_batch * self.n_skills,
                 # float64 hidden activations, their gates and gradients of the ReLU networks' batches
-                "em_batch": 4 * 8.0 * self.em_networks * self.em_batch * self.em_width}
+                "em_batch": 4 * 8.0 * self.em_networks * self.em_batch * self.em_width,
+                # float32 weights with Adam's two moments, and the activations of the whole test set
+                "grok_width": 4 * 4.0 * 5 * self.grok_networks * (784 + 2 * self.grok_width + 10) * self.grok_width}
 
 
 # What the paper and the authors' code fix. The emergence figure (paper Fig. 4a) comes from the authors' emergence
@@ -86,6 +112,13 @@ PAPER = {
     "grid_points": (40, "linear_first fig6a_run.py: 40 x 40 values"),
     "grid_lr": (0.01, "linear_first fig6a_run.py: learning_rate"),
     "grid_steps": (4000, "linear_first fig6a_run.py: training_steps"),
+    "grok_train": (1000, "linear_first train_mnist_grokking.py: data_cnt = 1000"),
+    "grok_width": (512, "linear_first train_mnist_grokking.py: MLP(width=512)"),
+    "grok_epochs": (2000, "linear_first train_mnist_grokking.py: --epochs 2000"),
+    "grok_batch": (128, "linear_first train_mnist_grokking.py: batch_size 128"),
+    "grok_lr": (1e-3, "linear_first train_mnist_grokking.py: --lr 1e-3"),
+    "grok_weight_decay": (1e-4, "linear_first train_mnist_grokking.py: --weight_decay 1e-4"),
+    "grok_networks": (1, "linear_first train_mnist_grokking.py: one run per panel"),
     "zp_points": (40, "linear_first fig6b_run.py: 40 x 40 values"),
     "zp_init": (0.1, "linear_first fig6b_run.py: get_lambda_unbalanced(..., scale=0.1)"),
     "zp_lr": (0.01, "linear_first fig6b_run.py: learning_rate"),
@@ -100,7 +133,10 @@ PAPER_NOTE = (
     "random draw of targets, where `target_singular_values` fixes their spectrum; the paper gives no width or "
     "length for the γ₊ toy. Fig. 6b (fig6b_run.py) fits a 20-20-2 network to 10 unwhitened Gaussian samples, lambda "
     "from -0.5 to 0.5 and the scale from 0.1 to 50 on linear grids. The paper gives no sizes for the "
-    "unconstrained-features model of neural collapse; those are this book's.")
+    "unconstrained-features model of neural collapse; those are this book's. The grokking networks follow "
+    "train_mnist_grokking.py (variants a, b, c, d, f; the code's variant e, dropout 0.6, is left out) on "
+    "scikit-learn's 8 x 8 digits, with a narrower network, fewer epochs and a larger step and weight decay; "
+    "`mnist_file` puts MNIST in their place.")
 
 register(
     "feedback_principle",
@@ -114,10 +150,13 @@ register(
                slice_refine=6, toy_width=200, toy_points=8, toy_lr=0.00115, toy_steps=4348,
                zp_points=9, zp_lr=0.02, zp_steps=2000, nc_inits=(0.03,), nc_steps=4000,
                em_width=200, em_steps=2000, em_networks=2, em_probe=200, em_min_skills=2, em_ratio_tol=0.35,
-               em_curve_tol=0.35, em_calibration_tol=0.4),
+               em_curve_tol=0.35, em_calibration_tol=0.4, grok_width=96, grok_epochs=40, grok_networks=1,
+               grok_record_every=2, grok_level=0.7, grok_min_delay=5.0, grok_max_delay=3.0, grok_final_test=0.92,
+               grok_final_test_a=0.65),
     book=dict(),
     paper=dict(n_seeds=10, skill_batch=4000, grid_points=40, zp_points=40, em_bits=32, em_width=1000, em_lr=0.02,
-               em_batch=4000, em_steps=30000, em_networks=10, em_probe=20000, toy_width=4000, toy_points=48, toy_steps=20000, toy_lr=0.0005, lr=0.0025, skill_steps=12000),
+               em_batch=4000, em_steps=30000, em_networks=10, em_probe=20000, grok_width=512, grok_epochs=2000,
+               grok_lr=1e-3, grok_weight_decay=1e-4, grok_networks=5, grok_record_every=10, toy_width=4000, toy_points=48, toy_steps=20000, toy_lr=0.0005, lr=0.0025, skill_steps=12000),
     paper_source=PAPER,
     paper_note=PAPER_NOTE,
 )
