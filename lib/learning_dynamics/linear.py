@@ -24,6 +24,7 @@ import torch
 from .ode import integrate
 from . import sweep
 from .results import Run
+from .threads import small_problem
 from .train import progress, train
 from .validation import Array, Boolean, Device, Integer, Optional, Real, Seed, check_generator, validate_params, value_text
 from .validation import Callable as AnyCallable
@@ -629,16 +630,17 @@ def zero_product_kernel_theory(x, y, lams, scales, *, hidden, init_scale, lr, st
     xd = torch.as_tensor(x, dtype=torch.float64, device=device)
     yd = torch.as_tensor(y, dtype=torch.float64, device=device)
     n = xd.shape[-1]
-    first = [torch.zeros_like(w1), torch.zeros_like(w2)]
-    second = [torch.zeros_like(w1), torch.zeros_like(w2)]
-    for _ in progress(range(steps), desc="second-order lazy theory"):
-        r1 = (w2 @ first[0] + first[1] @ w1) @ xd - yd
-        r2 = (w2 @ second[0] + second[1] @ w1 + first[1] @ first[0]) @ xd
-        grad1 = (w2.transpose(-1, -2) @ r1 @ xd.T, r1 @ xd.T @ w1.transpose(-1, -2))
-        grad2 = ((w2.transpose(-1, -2) @ r2 + first[1].transpose(-1, -2) @ r1) @ xd.T,
-                 (r2 @ xd.T @ w1.transpose(-1, -2) + r1 @ xd.T @ first[0].transpose(-1, -2)))
-        first = [w - lr * g / n for w, g in zip(first, grad1)]
-        second = [w - lr * g / n for w, g in zip(second, grad2)]
+    xxt, yxt = xd @ xd.T / n, yd @ xd.T / n  # the GD map needs the data only through these
+    w1t, w2t = w1.transpose(-1, -2), w2.transpose(-1, -2)
+    u1, v1, u2, v2 = (torch.zeros_like(w) for w in (w1, w2, w1, w2))  # first and second orders of W1, W2
+    with small_problem(w1.numel() + w2.numel(), device):
+        for _ in progress(range(steps), desc="second-order lazy theory"):
+            r1 = (w2 @ u1 + v1 @ w1) @ xxt - yxt  # R1 X^T / N
+            r2 = (w2 @ u2 + v2 @ w1 + v1 @ u1) @ xxt  # R2 X^T / N
+            u1, v1, u2, v2 = (u1 - lr * (w2t @ r1), v1 - lr * (r1 @ w1t),
+                              u2 - lr * (w2t @ r2 + v1.transpose(-1, -2) @ r1),
+                              v2 - lr * (r2 @ w1t + r1 @ u1.transpose(-1, -2)))
+    first, second = (u1, v1), (u2, v2)
     eps = (1.0 / torch.as_tensor(np.asarray(scales, dtype=np.float64), device=device))[None, :, None, None]
     weights = [w0[:, None] + eps * w1_[:, None] + eps**2 * w2_[:, None] for w0, w1_, w2_ in zip((w1, w2), first, second)]
     k0 = ntk_two_layer(w1, w2, xd)[:, None]
