@@ -241,3 +241,22 @@ def test_grokking_runs_honour_the_device(meta_device, monkeypatch):  # noqa: F81
     assert not problems, "\n  ".join(problems[:20])
     assert {k: v.shape for k, v in result.records.items()} == {k: v.shape for k, v in reference.records.items()}
 
+
+
+def test_the_chapter_trains_on_a_local_mnist_file_and_names_a_bad_one(tmp_path):
+    from learning_dynamics import presets
+    from learning_dynamics.tasks import mnist
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), y_train=np.arange(30) % 10,
+             x_test=rng.integers(0, 256, (12, 28, 28), dtype=np.uint8), y_test=np.arange(12) % 10)
+    cfg = presets.resolve("feedback_principle", "smoke", overrides={"mnist_file": str(path)})
+    images = mnist.load(cfg.mnist_file, 20, name="mnist_file")
+    run = grokking.grokking_runs(*images, variants=["a", "b"], width=4, epochs=2, batch=8, n_seeds=1)
+    assert run.records["test_accuracy"].shape == (3, 2)
+    with pytest.raises(ValueError, match="mnist_file = '.*missing.npz': no such file"):
+        presets.resolve("feedback_principle", "paper", overrides={"mnist_file": str(tmp_path / "missing.npz")})
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="mnist_file"):
+        mnist.load(str(tmp_path / "bad.npz"), name="mnist_file")
