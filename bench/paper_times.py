@@ -61,7 +61,7 @@ LOWER_BOUND = {
               "experiment, so the operator analyses of those checkpoints are not in the estimate",
 }
 # The first slice's f (the second is 2 f): a share of the paper's training whose run takes a minute or two.
-FRACTION = {"kpflow": 0.0004, "spring_block": 0.02, "neural_race": 0.25, "feedback_principle": 0.1,
+FRACTION = {"kpflow": 0.0004, "spring_block": 0.02, "neural_race": 0.25, "feedback_principle": 0.01,
             "three_mechanisms": 0.1}
 DEFAULT_FRACTION = 0.05
 
