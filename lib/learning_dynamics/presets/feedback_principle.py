@@ -149,7 +149,7 @@ register(
     # by t ~ 15) and the toy to t = 5 (the growth factor is settled); grid and slice keep the book's t = 40.
     smoke=dict(lr=0.008, skill_steps=2250, skill_batch=500, n_seeds=2, grid_points=20, grid_lr=0.04, grid_steps=1000,
                slice_refine=6, toy_width=200, toy_points=8, toy_lr=0.00115, toy_steps=4348,
-               zp_points=9, zp_lr=0.02, zp_steps=2000, nc_inits=(0.03,), nc_steps=2000,
+               zp_points=7, zp_lr=0.02, zp_steps=2000, nc_inits=(0.03,), nc_steps=2000,
                em_width=200, em_steps=2000, em_networks=2, em_probe=200, em_min_skills=2, em_ratio_tol=0.35,
                em_curve_tol=0.35, em_calibration_tol=0.4, grok_width=96, grok_epochs=40, grok_networks=1,
                grok_record_every=2, grok_level=0.7, grok_min_delay=5.0, grok_max_delay=3.0, grok_final_test=0.92,
