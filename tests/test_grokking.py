@@ -142,14 +142,14 @@ def test_sampler_and_inits_reject_bad_input():
         grokking.mlp_inits(3, 0, 2, "a", 1)
 
 
-def test_first_reached_and_delay_on_synthetic_curves():
+def test_delay_on_synthetic_curves():
     t = np.arange(0.0, 100.0, 10.0)
     ramp = lambda start: np.clip((t - start) / 40.0, 0, 1)  # noqa: E731  reaches 1 at start + 40
     train_acc = np.stack([ramp(0), ramp(0), ramp(0), 0.5 * np.ones_like(t)], axis=1)
     test_acc = np.stack([ramp(0), ramp(30), 0.8 * ramp(0), ramp(0)], axis=1)
-    np.testing.assert_array_equal(grokking.first_reached(t, train_acc, 1.0), [40, 40, 40, np.nan])
     np.testing.assert_array_equal(grokking.delay(t, train_acc, test_acc, 1.0), [0, 30, np.nan, np.nan])
-    np.testing.assert_array_equal(grokking.delay(t, train_acc, test_acc, 1.0, test_level=0.75), [-10, 20, 0, np.nan])
+    # 0.8 x ramp reaches 0.75 at t = 37.5, between the records at 30 and 40: the crossing is interpolated
+    np.testing.assert_array_equal(grokking.delay(t, train_acc, test_acc, 1.0, test_level=0.75), [-10, 20, -2.5, np.nan])
     # censored: test never at 1.0 -> the run's end (90) minus the train time (40), a lower bound; train never -> NaN
     np.testing.assert_array_equal(grokking.delay(t, train_acc, test_acc, 1.0, censored=True), [0, 30, 50, np.nan])
     grid = grokking.delay(t, train_acc.reshape(10, 2, 2), test_acc.reshape(10, 2, 2), 1.0)
@@ -161,7 +161,7 @@ def test_first_reached_and_delay_on_synthetic_curves():
     (dict(times=[0.0, 1.0, 1.0]), "times must be increasing"),
     (dict(train_acc=np.zeros((2, 2))), r"train_acc and test_acc must have the same shape; got \(2, 2\) and \(3, 2\)"),
     (dict(train_acc=np.full((3, 2), 2.0), test_acc=np.full((3, 2), 2.0)), r"train_acc must hold accuracies in \[0, 1\]"),
-    (dict(train_acc=np.zeros((4, 2)), test_acc=np.zeros((4, 2))), "curve must have the record axis first, of length 3"),
+    (dict(train_acc=np.zeros((4, 2)), test_acc=np.zeros((4, 2))), "train_acc must have the record axis first, of length 3"),
     (dict(level=0.0), "level must be"),
     (dict(level=1.5), "level must be"),
     (dict(test_level=-0.1), "test_level must be"),

@@ -530,7 +530,6 @@ VALID = {
     "grokking.epoch_sampler": lambda: dict(x=torch.zeros(4, 3), y=torch.zeros(4, dtype=torch.long), n_networks=2, batch=2),
     "grokking.grokking_runs": lambda: dict(x_train=torch.rand(8, 3), y_train=torch.arange(8) % 2, x_test=torch.rand(4, 3),
                                            y_test=torch.arange(4) % 2, variants=["b"], width=3, epochs=1, batch=4),
-    "grokking.first_reached": lambda: dict(times=[0.0, 1.0], curve=[0.2, 0.9], level=0.5),
     "grokking.delay": lambda: dict(times=[0.0, 1.0], train_acc=[0.2, 0.9], test_acc=[0.1, 0.8], level=0.5),
     "mlp.init_params": lambda: dict(n_networks=2, n_in=3, width=4, depth=2, n_out=2, generator=torch.Generator(),
                                     dtype=torch.float32, device="cpu"),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .linear import gamma_plus as toy_gamma_plus
+from .linear import crossing_times, gamma_plus as toy_gamma_plus
 from .results import Run
 from .train import Adam, train
 from .validation import (Array, Boolean, Device, InstanceOf, Integer, Optional, Options, Real, Seed, check_float, check_generator,
@@ -339,29 +339,13 @@ def grokking_runs(x_train, y_train, x_test, y_test, *, variants=tuple(VARIANTS),
 # ---------------------------------------------------------------------------
 
 
-@validate_params({"times": Array(ndim=1), "curve": Array(), "level": Real()})
-def first_reached(times, curve, level):
-    """The first time each curve reaches ``level`` (``curve >= level``), NaN where it never does.
-
-    ``curve`` has the record axis first, (n_records, ...), as in a Run's records; returns shape ``...``.
-    """
-    times, curve = np.asarray(times, dtype=np.float64), np.asarray(curve, dtype=np.float64)
-    if curve.ndim == 0 or curve.shape[0] != times.shape[0]:
-        raise ValueError(f"curve must have the record axis first, of length {len(times)} (that of times); "
-                         f"got shape {curve.shape}")
-    if np.any(np.diff(times) <= 0):
-        raise ValueError(f"times must be increasing; got {value_text(times)}")
-    hit = curve >= level
-    first = np.argmax(hit, axis=0)
-    return np.where(hit.any(axis=0), times[first], np.nan)
-
-
 @validate_params({"times": Array(ndim=1), "train_acc": Array(), "test_acc": Array(),
                   "level": Real(low=0.0, high=1.0, strict_low=True), "test_level": Optional(Real(low=0.0, high=1.0, strict_low=True)),
                   "censored": Boolean()})
 def delay(times, train_acc, test_acc, level=0.95, test_level=None, censored=False):
     """Grokking delay of every network: when test accuracy first reaches ``test_level`` (default ``level``)
-    minus when train accuracy first reached ``level``.
+    minus when train accuracy first reached ``level``, each crossing linearly interpolated between
+    records (:func:`learning_dynamics.linear.crossing_times`).
 
     ``train_acc`` and ``test_acc`` are (n_records, ...) accuracies in [0, 1] (a Run's records);
     returns shape ``...``, in the units of ``times``. NaN where either curve never gets there: a
@@ -372,14 +356,21 @@ def delay(times, train_acc, test_acc, level=0.95, test_level=None, censored=Fals
     delay (the run ended first), which is what a claim "the delay is at least X" needs. A network
     whose train accuracy never got there stays NaN either way.
     """
+    times = np.asarray(times, dtype=np.float64)
     train_acc, test_acc = np.asarray(train_acc, dtype=np.float64), np.asarray(test_acc, dtype=np.float64)
+    if np.any(np.diff(times) <= 0):
+        raise ValueError(f"times must be increasing; got {value_text(times)}")
     if train_acc.shape != test_acc.shape:
         raise ValueError(f"train_acc and test_acc must have the same shape; got {train_acc.shape} and {test_acc.shape}")
+    if train_acc.ndim == 0 or train_acc.shape[0] != len(times):
+        raise ValueError(f"train_acc must have the record axis first, of length {len(times)} (that of times); "
+                         f"got shape {train_acc.shape}")
     for name, acc in (("train_acc", train_acc), ("test_acc", test_acc)):
         if acc.size and (acc.min() < 0 or acc.max() > 1):
             raise ValueError(f"{name} must hold accuracies in [0, 1]; got range [{acc.min()!r}, {acc.max()!r}]")
     test_level = level if test_level is None else test_level
-    test_time = first_reached(times, test_acc, test_level)
+    test_time, train_time = (crossing_times(times, np.moveaxis(acc, 0, -1), lvl)
+                             for acc, lvl in ((test_acc, test_level), (train_acc, level)))
     if censored:
-        test_time = np.where(np.isnan(test_time), float(np.asarray(times, dtype=np.float64)[-1]), test_time)
-    return test_time - first_reached(times, train_acc, level)
+        test_time = np.where(np.isnan(test_time), times[-1], test_time)
+    return test_time - train_time
